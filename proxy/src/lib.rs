@@ -1,0 +1,9 @@
+//! The netward data plane: transparent listeners, verdicts at connection setup,
+//! the splice relay, and the `netward` command's subcommands.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod sys;
+
+pub mod net;
+pub mod relay;

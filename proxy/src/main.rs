@@ -1,0 +1,2 @@
+//! The `netward` command.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Transparent (TPROXY) sockets: listeners and upstream connections.

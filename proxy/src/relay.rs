@@ -1,0 +1,1 @@
+//! The splice(2) relay between a client and its upstream.

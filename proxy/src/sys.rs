@@ -1,0 +1,1 @@
+//! Thin safe wrappers over the few syscalls the standard crates lack.
