@@ -1,1 +1,18 @@
-//! netward controller.
+//! netward's controller: the Kubernetes model, label selectors, the compiled
+//! policy snapshot and the one authorization engine, plus the sources that feed it.
+//!
+//! The engine is pure: plain data in, a [`Decision`] out, with its reason. No tokio,
+//! no kube client.
+
+pub mod cluster;
+pub mod engine;
+pub mod load;
+pub mod model;
+pub mod render;
+pub mod snapshot;
+
+pub use cluster::Cluster;
+pub use engine::{Decision, Endpoint, Exemption, Explanation, Flow, Matrix, Side, Verdict};
+pub use load::Manifests;
+pub use model::{Direction, Mode, Protocol};
+pub use snapshot::{PodId, PolicyId, Snapshot};

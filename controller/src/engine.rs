@@ -1,0 +1,455 @@
+//! The one authorization engine: is a connection from A to B on (protocol, port)
+//! allowed, and why? The proxy, the audit log, `explain`, `matrix`, the lab and the
+//! tests all call [`Snapshot::authorize`]; `explain` traces the same rule predicates.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::model::{Direction, Mode, PortSpec, Protocol};
+use crate::snapshot::{CompiledRule, Isolation, PodId, PolicyId, Snapshot};
+
+/// One end of a connection: an IP, the pod behind it, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// The address, when known (ipBlock peers and node/self checks need it).
+    pub ip: Option<IpAddr>,
+    /// The pod, when the address belongs to a live pod (or the pod was named).
+    pub pod: Option<PodId>,
+}
+
+/// A connection to decide: its first packet's addresses after any Service DNAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The client.
+    pub src: Endpoint,
+    /// The server (the backend pod for a Service).
+    pub dst: Endpoint,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Destination port (after DNAT).
+    pub port: u16,
+}
+
+/// Why a side is exempt from policy, as Calico and Cilium do it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exemption {
+    /// A pod talking to itself.
+    SelfTraffic,
+    /// Traffic into a pod from its own node (kubelet probes, host processes).
+    FromOwnNode,
+}
+
+/// The verdict for one side (the source pod's egress or the destination pod's ingress).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// This endpoint is not a pod netward enforces (external IP, node, host-network pod).
+    NotPod,
+    /// No policy selects the pod for this direction.
+    NotIsolated,
+    /// Exempt by design.
+    Exempt(Exemption),
+    /// Allowed by this policy's rule.
+    Allowed {
+        /// The policy.
+        policy: PolicyId,
+        /// The rule's index in the policy's `ingress` or `egress` list.
+        rule: usize,
+    },
+    /// No enforcing policy isolates the pod, but audit-mode policies do and none
+    /// allows this: the traffic flows and is logged as `audit-allow`.
+    AuditDenied {
+        /// The audit-mode policies that would have denied it.
+        would_be_isolated_by: Arc<[PolicyId]>,
+    },
+    /// Isolated by these policies, and no rule of theirs allows it.
+    Denied {
+        /// The isolating policies.
+        isolated_by: Arc<[PolicyId]>,
+    },
+}
+
+impl Side {
+    /// Whether this side lets the connection through.
+    pub fn allows(&self) -> bool {
+        !matches!(self, Side::Denied { .. })
+    }
+}
+
+/// Both sides of a decision. The connection is allowed only when both allow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The source pod's egress.
+    pub egress: Side,
+    /// The destination pod's ingress.
+    pub ingress: Side,
+}
+
+/// The overall verdict, as the audit log spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+    /// Allowed only because the policies that would deny it are in audit mode.
+    AuditAllow,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::AuditAllow => "audit-allow",
+        })
+    }
+}
+
+impl Decision {
+    /// Whether the connection may proceed.
+    pub fn allowed(&self) -> bool {
+        self.egress.allows() && self.ingress.allows()
+    }
+
+    /// `allow`, `deny` or `audit-allow`.
+    pub fn verdict(&self) -> Verdict {
+        if !self.allowed() {
+            Verdict::Deny
+        } else if matches!(self.egress, Side::AuditDenied { .. })
+            || matches!(self.ingress, Side::AuditDenied { .. })
+        {
+            Verdict::AuditAllow
+        } else {
+            Verdict::Allow
+        }
+    }
+}
+
+/// How one rule compared with a flow, for `explain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleTrace {
+    /// The rule's index.
+    pub index: usize,
+    /// Whether its `from`/`to` matched the peer.
+    pub peer_matches: bool,
+    /// Whether its `ports` matched the protocol and port.
+    pub port_matches: bool,
+}
+
+/// How one isolating policy's rules compared with a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyTrace {
+    /// The policy.
+    pub policy: PolicyId,
+    /// Enforced or audit-only.
+    pub mode: Mode,
+    /// Every rule of the policy for this direction.
+    pub rules: Vec<RuleTrace>,
+}
+
+/// The verdict with the evaluation behind it, for `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    /// The decision, exactly as [`Snapshot::authorize`] returns it.
+    pub decision: Decision,
+    /// The policies isolating the source pod for egress, with each rule's result.
+    pub egress: Vec<PolicyTrace>,
+    /// The policies isolating the destination pod for ingress, with each rule's result.
+    pub ingress: Vec<PolicyTrace>,
+}
+
+/// A reachability matrix over pods, for one protocol and port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Matrix {
+    /// The port.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// `namespace/name`, sorted.
+    pub pods: Vec<String>,
+    /// `allowed[i][j]`: from `pods[i]` to `pods[j]`.
+    pub allowed: Vec<Vec<bool>>,
+}
+
+impl Snapshot {
+    /// The endpoint for an address: the live pod that owns it, if any.
+    pub fn endpoint_for_ip(&self, ip: IpAddr) -> Endpoint {
+        Endpoint {
+            ip: Some(ip),
+            pod: self.pod_by_ip.get(&ip).copied(),
+        }
+    }
+
+    /// The endpoint for a pod by name, with its first IP (of the family asked for, if any).
+    /// Host-network and terminated pods are not policy endpoints: they resolve to their IP only.
+    pub fn endpoint_for_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        v6: Option<bool>,
+    ) -> Option<Endpoint> {
+        let id = *self
+            .pod_by_key
+            .get(&(namespace.to_owned(), name.to_owned()))?;
+        let entry = &self.pods[id.0 as usize];
+        let ip = entry
+            .pod
+            .ips
+            .iter()
+            .find(|ip| v6.is_none_or(|v6| ip.is_ipv6() == v6))
+            .copied();
+        Some(Endpoint {
+            ip,
+            pod: entry.live.then_some(id),
+        })
+    }
+
+    /// Decides a flow. This is the only policy evaluation in netward.
+    pub fn authorize(&self, flow: &Flow) -> Decision {
+        if self.is_self(flow) {
+            let side = Side::Exempt(Exemption::SelfTraffic);
+            return Decision {
+                egress: if flow.src.pod.is_some() {
+                    side.clone()
+                } else {
+                    Side::NotPod
+                },
+                ingress: if flow.dst.pod.is_some() {
+                    side
+                } else {
+                    Side::NotPod
+                },
+            };
+        }
+        let egress = match flow.src.pod {
+            None => Side::NotPod,
+            Some(src) => self.side(src, Direction::Egress, &flow.dst, flow, None),
+        };
+        let ingress = match flow.dst.pod {
+            None => Side::NotPod,
+            Some(dst) if self.is_from_own_node(dst, &flow.src) => {
+                Side::Exempt(Exemption::FromOwnNode)
+            }
+            Some(dst) => self.side(dst, Direction::Ingress, &flow.src, flow, None),
+        };
+        Decision { egress, ingress }
+    }
+
+    /// Decides a flow and traces every isolating policy's rules, for `explain`.
+    pub fn explain(&self, flow: &Flow) -> Explanation {
+        let decision = self.authorize(flow);
+        let mut egress = Vec::new();
+        let mut ingress = Vec::new();
+        if !self.is_self(flow) {
+            if let Some(src) = flow.src.pod {
+                let _ = self.side(src, Direction::Egress, &flow.dst, flow, Some(&mut egress));
+            }
+            if let Some(dst) = flow.dst.pod
+                && !self.is_from_own_node(dst, &flow.src)
+            {
+                let _ = self.side(dst, Direction::Ingress, &flow.src, flow, Some(&mut ingress));
+            }
+        }
+        Explanation {
+            decision,
+            egress,
+            ingress,
+        }
+    }
+
+    /// The reachability matrix over every live pod, for one protocol and port.
+    pub fn matrix(&self, protocol: Protocol, port: u16) -> Matrix {
+        let ids = self.pod_ids();
+        let endpoint = |id: PodId| {
+            let pod = self.pod(id);
+            Endpoint {
+                ip: pod.ips.first().copied(),
+                pod: Some(id),
+            }
+        };
+        let allowed = ids
+            .iter()
+            .map(|from| {
+                ids.iter()
+                    .map(|to| {
+                        self.authorize(&Flow {
+                            src: endpoint(*from),
+                            dst: endpoint(*to),
+                            protocol,
+                            port,
+                        })
+                        .allowed()
+                    })
+                    .collect()
+            })
+            .collect();
+        Matrix {
+            port,
+            protocol,
+            pods: ids.iter().map(|id| self.pod(*id).key()).collect(),
+            allowed,
+        }
+    }
+
+    fn is_self(&self, flow: &Flow) -> bool {
+        match (flow.src.pod, flow.dst.pod) {
+            (Some(a), Some(b)) => a == b,
+            _ => flow.src.ip.is_some() && flow.src.ip == flow.dst.ip,
+        }
+    }
+
+    fn is_from_own_node(&self, dst: PodId, src: &Endpoint) -> bool {
+        let (Some(ip), Some(node)) = (src.ip, self.pod(dst).node.as_deref()) else {
+            return false;
+        };
+        src.pod.is_none() && self.node_for_ip(ip) == Some(node)
+    }
+
+    /// Evaluates one side. `subject` is the pod whose policies apply; `peer` the other end.
+    fn side(
+        &self,
+        subject: PodId,
+        dir: Direction,
+        peer: &Endpoint,
+        flow: &Flow,
+        mut trace: Option<&mut Vec<PolicyTrace>>,
+    ) -> Side {
+        let entry = &self.pods[subject.0 as usize];
+        let iso: &Isolation = match dir {
+            Direction::Ingress => &entry.ingress,
+            Direction::Egress => &entry.egress,
+        };
+        // Named ports resolve against the destination pod: the subject for ingress, the
+        // peer for egress (and only when the peer is a pod).
+        let port_pod = match dir {
+            Direction::Ingress => Some(subject),
+            Direction::Egress => peer.pod,
+        };
+        // Enforcing policies decide. Audit policies only matter when none enforce:
+        // they can never open what an enforcing policy closes.
+        let eval = |ids: &[PolicyId], mode, trace: Option<&mut Vec<PolicyTrace>>| {
+            self.first_allowing(ids, mode, dir, peer, flow, port_pod, trace)
+        };
+        if !iso.enforce.is_empty() {
+            let hit = eval(&iso.enforce, Mode::Enforce, trace.as_deref_mut());
+            if let Some(t) = trace {
+                // Shown by `explain`, never part of the verdict.
+                let _ = eval(&iso.audit, Mode::Audit, Some(t));
+            }
+            return match hit {
+                Some((policy, rule)) => Side::Allowed { policy, rule },
+                None => Side::Denied {
+                    isolated_by: iso.enforce.clone(),
+                },
+            };
+        }
+        if iso.audit.is_empty() {
+            return Side::NotIsolated;
+        }
+        match eval(&iso.audit, Mode::Audit, trace) {
+            Some((policy, rule)) => Side::Allowed { policy, rule },
+            None => Side::AuditDenied {
+                would_be_isolated_by: iso.audit.clone(),
+            },
+        }
+    }
+
+    /// The first (policy, rule) among `ids` that allows the flow. With a trace,
+    /// every rule is evaluated and recorded; without, it stops at the first match.
+    #[allow(clippy::too_many_arguments)] // the flow's parts, resolved once by the caller
+    fn first_allowing(
+        &self,
+        ids: &[PolicyId],
+        mode: Mode,
+        dir: Direction,
+        peer: &Endpoint,
+        flow: &Flow,
+        port_pod: Option<PodId>,
+        mut trace: Option<&mut Vec<PolicyTrace>>,
+    ) -> Option<(PolicyId, usize)> {
+        let mut hit = None;
+        for &pid in ids {
+            let Some(rules) = self.rules(pid, dir) else {
+                continue;
+            };
+            let specs = self.policy(pid).rules(dir).unwrap_or_default();
+            let mut rtrace = Vec::new();
+            for (i, (rule, spec)) in rules.iter().zip(specs).enumerate() {
+                let peer_matches = self.peer_matches(rule, peer);
+                let port_matches = peer_matches || trace.is_some();
+                let port_matches = port_matches && port_matches_flow(spec, flow, port_pod, self);
+                if hit.is_none() && peer_matches && port_matches {
+                    hit = Some((pid, i));
+                    if trace.is_none() {
+                        return hit;
+                    }
+                }
+                if trace.is_some() {
+                    rtrace.push(RuleTrace {
+                        index: i,
+                        peer_matches,
+                        port_matches,
+                    });
+                }
+            }
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(PolicyTrace {
+                    policy: pid,
+                    mode,
+                    rules: rtrace,
+                });
+            }
+        }
+        hit
+    }
+
+    fn rules(&self, pid: PolicyId, dir: Direction) -> Option<&[CompiledRule]> {
+        let p = &self.policies[pid.0 as usize];
+        match dir {
+            Direction::Ingress => p.ingress.as_deref().map(Vec::as_slice),
+            Direction::Egress => p.egress.as_deref().map(Vec::as_slice),
+        }
+    }
+
+    /// Whether a rule's `from`/`to` matches the peer.
+    #[inline]
+    fn peer_matches(&self, rule: &CompiledRule, peer: &Endpoint) -> bool {
+        match &rule.peers {
+            None => true,
+            Some(p) => {
+                peer.pod.is_some_and(|id| p.pods.contains(id))
+                    || peer
+                        .ip
+                        .is_some_and(|ip| p.blocks.iter().any(|b| b.contains(ip)))
+            }
+        }
+    }
+}
+
+/// Whether a rule's `ports` match the flow. Named ports resolve against `port_pod`.
+#[inline]
+fn port_matches_flow(
+    rule: &crate::model::Rule,
+    flow: &Flow,
+    port_pod: Option<PodId>,
+    snap: &Snapshot,
+) -> bool {
+    let Some(ports) = &rule.ports else {
+        return true;
+    };
+    ports.iter().any(|pm| {
+        pm.protocol == flow.protocol
+            && match &pm.port {
+                PortSpec::Any => true,
+                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
+                PortSpec::Named(name) => port_pod
+                    .and_then(|id| snap.pod(id).named_port(name, flow.protocol))
+                    .is_some_and(|p| p == flow.port),
+            }
+    })
+}

@@ -1,0 +1,3 @@
+//! Subcommand implementations.
+
+pub(crate) mod offline;
