@@ -192,6 +192,31 @@ impl Manifests {
             self.netward.push(value);
             return;
         }
+        if api_version.is_empty() && !kind.is_empty() {
+            self.errors
+                .push(object_err("apiVersion", "missing apiVersion".to_owned()));
+            if kind == "NetworkPolicy" {
+                // Still isolate what it might select: fail closed.
+                let ns = if ns.is_empty() { "default" } else { ns };
+                let policy = NetworkPolicy::unreadable(
+                    ns,
+                    name,
+                    FieldError {
+                        field: "apiVersion".to_owned(),
+                        message: "missing apiVersion".to_owned(),
+                    },
+                );
+                if self.note_origin(
+                    path,
+                    doc,
+                    &object,
+                    format!("NetworkPolicy/{}", policy.key()),
+                ) {
+                    self.cluster.upsert_policy(policy);
+                }
+            }
+            return;
+        }
         match kind.as_str() {
             "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
             | "NodeList" => match value.get("items") {
