@@ -125,10 +125,11 @@ fn ref_side(
 
 fn reference(c: &Cluster, src: &End, dst: &End, proto: Protocol, port: u16) -> bool {
     let (sp, dp) = (ref_pod(c, src), ref_pod(c, dst));
-    if let (Some(a), Some(b)) = (sp, dp) {
-        if a.namespace == b.namespace && a.name == b.name {
-            return true;
-        }
+    if let (Some(a), Some(b)) = (sp, dp)
+        && a.namespace == b.namespace
+        && a.name == b.name
+    {
+        return true;
     }
     if sp.is_none() && dp.is_none() && ref_ip(c, src).is_some() && ref_ip(c, src) == ref_ip(c, dst)
     {
