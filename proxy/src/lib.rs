@@ -6,4 +6,8 @@
 mod sys;
 
 pub mod net;
+pub mod packet;
+pub mod datapath;
+pub mod lab;
 pub mod relay;
+pub mod verdict;

@@ -10,8 +10,31 @@ mod cmd;
 #[derive(Parser)]
 #[command(name = "netward", version, about, propagate_version = true)]
 struct Cli {
+    /// Log format for operational logs (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 #[derive(Subcommand)]
@@ -20,12 +43,19 @@ enum Command {
     Matrix(cmd::offline::MatrixArgs),
     /// Explain whether a connection is allowed, with both sides' reasons.
     Explain(cmd::offline::ExplainArgs),
+    /// Enforce the policies of manifest files on this network namespace's traffic.
+    Run(cmd::run::RunArgs),
+    /// Remove every rule, ip rule and route netward installed (after a crash).
+    Cleanup(cmd::run::CleanupArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command {
         Command::Matrix(args) => cmd::offline::matrix(&args),
         Command::Explain(args) => cmd::offline::explain(&args),
+        Command::Run(args) => cmd::run::run(&args),
+        Command::Cleanup(args) => cmd::run::cleanup(&args),
     }
 }

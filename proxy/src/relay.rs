@@ -121,6 +121,8 @@ pub enum End {
     },
     /// No byte moved for the idle timeout; both sides were reset.
     IdleTimeout,
+    /// The policy stopped allowing the connection; both sides were reset.
+    Revoked,
     /// `side` failed with an error other than a reset; the other side was
     /// reset. Only found in a [`RelayError`]'s outcome.
     Error {
@@ -135,6 +137,7 @@ impl fmt::Display for End {
             End::Fin { first } => write!(f, "fin ({first} first)"),
             End::Rst { side } => write!(f, "rst from {side}"),
             End::IdleTimeout => f.write_str("idle timeout"),
+            End::Revoked => f.write_str("revoked"),
             End::Error { side } => write!(f, "{side} error"),
         }
     }
@@ -210,6 +213,20 @@ pub fn relay(
     upstream: TcpStream,
     opts: &RelayOptions,
 ) -> impl Future<Output = Result<RelayOutcome, RelayError>> + Send + 'static {
+    relay_until(client, upstream, opts, std::future::pending())
+}
+
+/// [`relay`], ended early when `revoke` completes: the policy no longer allows the
+/// connection. Both sides are then reset and the outcome says [`End::Revoked`].
+pub fn relay_until<R>(
+    client: TcpStream,
+    upstream: TcpStream,
+    opts: &RelayOptions,
+    revoke: R,
+) -> impl Future<Output = Result<RelayOutcome, RelayError>> + Send + 'static
+where
+    R: Future<Output = ()> + Send + 'static,
+{
     // A plain fn rather than `async fn`: the sockets go straight into `Conn`
     // instead of being stored twice in the future (arguments, then locals).
     let start = Instant::now();
@@ -225,7 +242,14 @@ pub fn relay(
     async move {
         let sleep = idle.map(tokio::time::sleep);
         tokio::pin!(sleep);
-        let result = poll_fn(|cx| conn.poll_relay(cx, sleep.as_mut(), idle)).await;
+        tokio::pin!(revoke);
+        let result = poll_fn(|cx| {
+            if revoke.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(End::Revoked));
+            }
+            conn.poll_relay(cx, sleep.as_mut(), idle)
+        })
+        .await;
         conn.finish(result, start)
     }
 }

@@ -473,6 +473,28 @@ async fn idle_timeout(mut opts: RelayOptions) {
     assert_reset(&within(BOUND, "server reset", read_error(&mut h.server)).await);
 }
 
+/// A revoked connection (the policy changed) is reset on both sides, mid-stream.
+async fn revoked(opts: RelayOptions) {
+    let (mut client, relay_client) = pair().await;
+    let (relay_upstream, mut server) = pair().await;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        netward_proxy::relay::relay_until(relay_client, relay_upstream, &opts, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
+    client.write_all(b"hello").await.unwrap();
+    let mut buf = [0; 5];
+    within(BOUND, "server read", server.read_exact(&mut buf)).await.unwrap();
+    tx.send(()).unwrap();
+    let out = finish(task).await.unwrap();
+    assert_eq!(out.end, End::Revoked);
+    assert_eq!(out.client_to_upstream, 5);
+    assert_reset(&within(BOUND, "client reset", read_error(&mut client)).await);
+    assert_reset(&within(BOUND, "server reset", read_error(&mut server)).await);
+}
+
 /// Traffic in either direction keeps the idle timer from firing.
 async fn activity_defers_idle_timeout(mut opts: RelayOptions) {
     opts.idle_timeout = Some(Duration::from_millis(300));
@@ -628,6 +650,7 @@ in_both_modes!(
     rst_from_client,
     write_after_client_close,
     idle_timeout,
+    revoked,
     activity_defers_idle_timeout,
     backpressure,
     ping_pong,

@@ -1,3 +1,4 @@
 //! Subcommand implementations.
 
 pub(crate) mod offline;
+pub(crate) mod run;

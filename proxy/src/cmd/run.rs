@@ -1,0 +1,257 @@
+//! `netward run`: the datapath in this network namespace, with pods and policies from
+//! manifest files (reloaded when they change); and `netward cleanup`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use netward_controller::{Manifests, Snapshot, load};
+use netward_iptables::{CommandRunner, Config as RulesConfig};
+use netward_proxy::datapath::{self, Options};
+use netward_proxy::relay::RelayOptions;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// EX_USAGE: a bad flag or configuration value.
+pub(crate) const EXIT_USAGE: u8 = 64;
+/// EX_DATAERR: the manifests cannot be read at all.
+const EXIT_DATAERR: u8 = 65;
+
+#[derive(Args, Clone)]
+pub(crate) struct RunArgs {
+    /// Manifest files or directories with the Namespaces, Pods, Nodes, Services and
+    /// NetworkPolicies to enforce. Reloaded when they change.
+    #[arg(long = "manifests", short = 'f', required = true, num_args = 1..)]
+    manifests: Vec<PathBuf>,
+    /// This node's name: its pods are those whose spec.nodeName matches (all pods if absent).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// Refuse denied TCP connections with a reset instead of dropping their SYN.
+    #[arg(long)]
+    reject: bool,
+    /// Audit log file (JSON lines).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Port of the transparent TCP listener.
+    #[arg(long, default_value_t = netward_iptables::config::TPROXY_PORT)]
+    tproxy_port: u16,
+    /// Move bytes with a copy loop instead of splice(2) (for comparison).
+    #[arg(long)]
+    no_splice: bool,
+    /// Close connections idle for this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    idle_timeout_secs: u64,
+    /// Do not intercept IPv6.
+    #[arg(long)]
+    no_ipv6: bool,
+    /// Keep the interception rules installed on exit (fail closed until the next start).
+    #[arg(long)]
+    keep_rules: bool,
+    /// How often to check the manifests for changes, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    reload_ms: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct CleanupArgs {
+    /// Only list what netward has installed.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Reads the manifests; `Err` when they cannot be trusted (anything but NetworkPolicy
+/// validation errors: those policies fail closed and are only reported).
+fn load_manifests(paths: &[PathBuf]) -> Result<Manifests, Vec<load::Error>> {
+    let m = Manifests::read_paths(paths);
+    let (policy_errors, fatal): (Vec<_>, Vec<_>) = m.errors.iter().partition(|e| {
+        matches!(e, load::Error::Object { object, .. } if object.starts_with("NetworkPolicy "))
+    });
+    for e in &policy_errors {
+        error!(error = %e, "invalid NetworkPolicy: it isolates the pods it selects and allows nothing");
+    }
+    if fatal.is_empty() {
+        Ok(m)
+    } else {
+        Err(m.errors.into_iter().filter(|e| !matches!(e, load::Error::Object { object, .. } if object.starts_with("NetworkPolicy "))).collect())
+    }
+}
+
+/// A cheap fingerprint of the manifest files: paths, sizes and modification times.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        match std::fs::metadata(&p) {
+            Ok(md) if md.is_dir() => {
+                if let Ok(rd) = std::fs::read_dir(&p) {
+                    stack.extend(rd.flatten().map(|e| e.path()));
+                }
+            }
+            Ok(md) => out.push((p, md.len(), md.modified().ok())),
+            Err(_) => out.push((p, 0, None)),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Raises the open-file limit to its hard maximum: each relayed connection holds two
+/// sockets and up to two pipes (four fds).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+                Err(e) => warn!(error = %e, limit = soft, "cannot raise the open-file limit"),
+            }
+        }
+    }
+}
+
+pub(crate) fn run(args: &RunArgs) -> ExitCode {
+    raise_fd_limit();
+    let rules = RulesConfig {
+        tcp_port: args.tproxy_port,
+        ipv6: !args.no_ipv6,
+        ..RulesConfig::default()
+    };
+    if let Err(e) = rules.validate() {
+        eprintln!("netward: error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if args.audit_log.is_some() {
+        warn!("--audit-log is not implemented yet; connection records go to the log");
+    }
+    let manifests = match load_manifests(&args.manifests) {
+        Ok(m) => m,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("netward: error: {e}");
+            }
+            return ExitCode::from(EXIT_DATAERR);
+        }
+    };
+    let mut generation = 1;
+    let snap = Snapshot::compile(&manifests.cluster);
+    info!(manifests = %manifests, node = args.node.as_deref().unwrap_or("(all pods)"), "policy loaded");
+    let (tx, rx) = watch::channel(Arc::new(snap));
+
+    let opts = Options {
+        rules,
+        reject: args.reject,
+        relay: RelayOptions {
+            splice: !args.no_splice,
+            idle_timeout: Some(Duration::from_secs(args.idle_timeout_secs)),
+            ..RelayOptions::default()
+        },
+        node: args.node.clone(),
+        cleanup_on_exit: !args.keep_rules,
+        ..Options::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("netward-data")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("netward: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let paths = args.manifests.clone();
+    let reload_every = Duration::from_millis(args.reload_ms.max(50));
+    let result = runtime.block_on(async move {
+        // Reload the manifests when they change; keep the last good snapshot otherwise.
+        let reload = async move {
+            let mut seen = fingerprint(&paths);
+            loop {
+                tokio::time::sleep(reload_every).await;
+                let now = fingerprint(&paths);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match load_manifests(&paths) {
+                    Ok(m) => {
+                        generation += 1;
+                        let mut snap = Snapshot::compile(&m.cluster);
+                        snap.set_generation(generation);
+                        info!(manifests = %m, snapshot.generation = generation, "policy reloaded");
+                        let _ = tx.send(Arc::new(snap));
+                    }
+                    Err(errors) => {
+                        for e in &errors {
+                            error!(error = %e, "manifests unreadable: keeping the previous policy");
+                        }
+                    }
+                }
+            }
+        };
+        let shutdown = async {
+            shutdown_signal().await;
+        };
+        tokio::select! {
+            r = datapath::run(opts, rx, shutdown) => r,
+            () = reload => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netward: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+pub(crate) fn cleanup(args: &CleanupArgs) -> ExitCode {
+    let runner = CommandRunner::new();
+    let cfg = RulesConfig::default();
+    if args.dry_run {
+        return match netward_iptables::installed_state(&runner, &cfg) {
+            Ok(state) if state.is_empty() => {
+                println!("nothing installed");
+                ExitCode::SUCCESS
+            }
+            Ok(state) => {
+                println!("{state}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("netward: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match netward_iptables::remove(&runner, &cfg) {
+        Ok(changes) => {
+            println!("removed: {changes:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netward: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
