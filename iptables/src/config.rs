@@ -12,6 +12,8 @@ pub const ROUTE_TABLE: u32 = 4242;
 pub const RULE_PRIORITY: u32 = 4242;
 /// Default NFQUEUE number the proxy reads verdict requests from.
 pub const QUEUE_NUM: u16 = 4242;
+/// Default conntrack zone of the proxy's upstream connections.
+pub const CT_ZONE: u16 = 4242;
 /// Default port of the proxy's transparent TCP listener.
 pub const TPROXY_PORT: u16 = 15001;
 
@@ -114,6 +116,10 @@ pub struct Config {
     /// Install the NFQUEUE verdict rules. Turning this off lets every diverted
     /// connection through unchecked; it exists for tests and debugging only.
     pub verdict_queue: bool,
+    /// Conntrack zone of the proxy's own upstream connections. They carry the client's
+    /// address and may pick the very port of another intercepted client connection:
+    /// their own zone keeps conntrack from merging the two flows.
+    pub upstream_ct_zone: u16,
 }
 
 impl Default for Config {
@@ -126,6 +132,7 @@ impl Default for Config {
             tcp_port: TPROXY_PORT,
             ipv6: true,
             verdict_queue: true,
+            upstream_ct_zone: CT_ZONE,
         }
     }
 }

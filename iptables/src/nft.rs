@@ -59,7 +59,21 @@ pub fn render_nft(r: &Ruleset) -> String {
             );
         }
     }
-    s.push_str("\t}\n}\n");
+    s.push_str("\t}\n");
+    // The proxy's upstream connections live in their own conntrack zone (see Config).
+    // Before conntrack (priority raw): outgoing by the socket's SO_MARK, incoming by the
+    // mark of the socket the packet is for.
+    let _ = writeln!(
+        s,
+        "\tchain zone_prerouting {{\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t\tmeta l4proto tcp socket mark & {:#010x} == {:#010x} ct zone set {} comment \"replies to the proxy's upstream connections\"\n\t}}",
+        m.mask, m.bypass, c.upstream_ct_zone
+    );
+    let _ = writeln!(
+        s,
+        "\tchain zone_output {{\n\t\ttype filter hook output priority raw; policy accept;\n\t\tmeta mark & {:#010x} == {:#010x} ct zone set {} comment \"the proxy's upstream connections\"\n\t}}",
+        m.mask, m.bypass, c.upstream_ct_zone
+    );
+    s.push_str("}\n");
     s
 }
 

@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::net::{ClientAddr, OrigDst, connect_upstream, transparent_listener};
-use crate::relay::{RelayOptions, relay_until};
 use crate::packet::FlowKey;
+use crate::relay::{RelayOptions, relay_until};
 use crate::verdict::{Action, VerdictConfig, run_queue};
 
 /// Errors that stop the datapath.
@@ -165,7 +165,8 @@ pub fn decide(snap: &Snapshot, node: Option<&str>, key: &FlowKey) -> NodeDecisio
         port: key.dst.port(),
     };
     let decision = snap.authorize(&flow);
-    let local = |ep: &netward_controller::Endpoint| ep.pod.is_some_and(|p| is_local(snap.pod(p), node));
+    let local =
+        |ep: &netward_controller::Endpoint| ep.pod.is_some_and(|p| is_local(snap.pod(p), node));
     let (src_local, dst_local) = (local(&flow.src), local(&flow.dst));
     let enforced = match (src_local, dst_local) {
         (true, true) => Enforced::Both,
@@ -173,7 +174,8 @@ pub fn decide(snap: &Snapshot, node: Option<&str>, key: &FlowKey) -> NodeDecisio
         (false, true) => Enforced::Ingress,
         (false, false) => Enforced::None,
     };
-    let allowed = (!src_local || decision.egress.allows()) && (!dst_local || decision.ingress.allows());
+    let allowed =
+        (!src_local || decision.egress.allows()) && (!dst_local || decision.ingress.allows());
     NodeDecision {
         flow,
         decision,
@@ -234,13 +236,18 @@ pub async fn run(
     let mut ruleset = Ruleset::new(opts.rules.clone());
     ruleset.set_local(policy.local_ips());
     netward_iptables::apply::apply(&runner, &ruleset)?;
-    info!(local.pods = ruleset.local_v4().len() + ruleset.local_v6().len(), "interception rules installed");
+    info!(
+        local.pods = ruleset.local_v4().len() + ruleset.local_v6().len(),
+        "interception rules installed"
+    );
 
     let result = serve(&opts, &policy, ruleset, shutdown).await;
     if opts.cleanup_on_exit {
         match netward_iptables::apply::remove(&runner, &opts.rules) {
             Ok(_) => info!("interception rules removed"),
-            Err(e) => warn!(error = %e, "could not remove every interception rule: run `netward cleanup`"),
+            Err(e) => {
+                warn!(error = %e, "could not remove every interception rule: run `netward cleanup`")
+            }
         }
     }
     result
@@ -275,21 +282,35 @@ async fn serve(
     };
 
     let mut listeners = Vec::new();
-    let mut addrs = vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.rules.tcp_port))];
+    let mut addrs = vec![SocketAddr::from((
+        Ipv4Addr::UNSPECIFIED,
+        opts.rules.tcp_port,
+    ))];
     if opts.rules.ipv6 {
-        addrs.push(SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.rules.tcp_port)));
+        addrs.push(SocketAddr::from((
+            Ipv6Addr::UNSPECIFIED,
+            opts.rules.tcp_port,
+        )));
     }
     for addr in addrs {
-        let listener = transparent_listener(addr).map_err(|source| Error::Listen { addr, source })?;
+        let listener =
+            transparent_listener(addr).map_err(|source| Error::Listen { addr, source })?;
         let ctx = Ctx {
             policy: policy.clone(),
             pending: pending.clone(),
             opts: opts.clone(),
         };
-        listeners.push(tokio::spawn(accept_loop(listener, ctx).instrument(info_span!("listener", listen.addr = %addr))));
+        listeners.push(tokio::spawn(
+            accept_loop(listener, ctx).instrument(info_span!("listener", listen.addr = %addr)),
+        ));
     }
 
-    info!(tproxy.port = opts.rules.tcp_port, queue = opts.rules.queue_num, reject = opts.reject, "datapath ready");
+    info!(
+        tproxy.port = opts.rules.tcp_port,
+        queue = opts.rules.queue_num,
+        reject = opts.reject,
+        "datapath ready"
+    );
 
     // Follow pod IP changes: only the local sets and the queue chain are rewritten.
     let mut rx = policy.snapshots.clone();
@@ -302,10 +323,15 @@ async fn serve(
             if next.local_v4() != ruleset.local_v4() || next.local_v6() != ruleset.local_v6() {
                 match netward_iptables::apply::update_local(&runner, &next) {
                     Ok(_) => {
-                        info!(local.pods = next.local_v4().len() + next.local_v6().len(), "interception rules follow the local pods");
+                        info!(
+                            local.pods = next.local_v4().len() + next.local_v6().len(),
+                            "interception rules follow the local pods"
+                        );
                         ruleset = next;
                     }
-                    Err(e) => warn!(error = %e, "could not update the local pod set; retrying on the next change"),
+                    Err(e) => {
+                        warn!(error = %e, "could not update the local pod set; retrying on the next change")
+                    }
                 }
             }
         }
@@ -323,7 +349,13 @@ async fn serve(
     Ok(())
 }
 
-fn verdict_loop(cfg: &VerdictConfig, policy: &NodePolicy, pending: &Pending, stop: &AtomicBool, reject: bool) {
+fn verdict_loop(
+    cfg: &VerdictConfig,
+    policy: &NodePolicy,
+    pending: &Pending,
+    stop: &AtomicBool,
+    reject: bool,
+) {
     let decide = |key: &FlowKey| -> Action {
         let d = policy.decide(key);
         if d.allowed {
@@ -373,7 +405,8 @@ async fn accept_loop(listener: TcpListener, ctx: Ctx) {
             Ok((stream, peer)) => {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    let span = info_span!("conn", client.addr = %peer, dst.addr = tracing::field::Empty);
+                    let span =
+                        info_span!("conn", client.addr = %peer, dst.addr = tracing::field::Empty);
                     handle(stream, peer, ctx).instrument(span).await;
                 });
             }
@@ -405,14 +438,24 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         dst: orig,
     };
     // The verdict from the queue, or (if it expired) the same decision again.
-    let decision = ctx.pending.take(&(peer, orig)).unwrap_or_else(|| ctx.policy.decide(&key));
+    let decision = ctx
+        .pending
+        .take(&(peer, orig))
+        .unwrap_or_else(|| ctx.policy.decide(&key));
     if !decision.allowed {
         debug!("denied at accept (the snapshot changed since the SYN)");
         reset(&client);
         return;
     }
     let mark = Some(ctx.opts.rules.marks.bypass);
-    let upstream = match connect_upstream(OrigDst(orig), Some(ClientAddr(peer)), mark, ctx.opts.connect_timeout).await {
+    let upstream = match connect_upstream(
+        OrigDst(orig),
+        Some(ClientAddr(peer)),
+        mark,
+        ctx.opts.connect_timeout,
+    )
+    .await
+    {
         Ok(u) => u,
         Err(e) => {
             info!(error = %e, "upstream connect failed");

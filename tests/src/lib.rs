@@ -35,7 +35,11 @@ pub fn netward_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
     let bin = profile_dir.join("netward");
-    assert!(bin.exists(), "{} is missing: build it first (cargo build -p netward-proxy)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build -p netward-proxy)",
+        bin.display()
+    );
     bin
 }
 
@@ -59,6 +63,15 @@ impl Lab {
 
     /// Builds a lab from YAML documents, keeping `spec.nodeName` (several nodes) unless `single`.
     pub fn build(docs: &[(&str, &str)], single: bool) -> Lab {
+        Lab::build_with_ports(docs, single, &[])
+    }
+
+    /// [`Lab::build`], with extra ports served: `(pod key or external IP, TCP?, port)`.
+    pub fn build_with_ports(
+        docs: &[(&str, &str)],
+        single: bool,
+        extra: &[(String, bool, u16)],
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         for (name, text) in docs {
             std::fs::write(dir.path().join(name), text).unwrap();
@@ -76,7 +89,9 @@ impl Lab {
             .netward
             .iter()
             .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("ExternalHosts"))
-            .flat_map(|v| serde_yaml::from_value::<Vec<ExternalSpec>>(v["spec"]["hosts"].clone()).unwrap())
+            .flat_map(|v| {
+                serde_yaml::from_value::<Vec<ExternalSpec>>(v["spec"]["hosts"].clone()).unwrap()
+            })
             .collect();
         let topo = Topology::build(&cluster, &externals).unwrap();
         // The nodes' addresses, for the engine (traffic from a pod's own node).
@@ -90,7 +105,9 @@ impl Lab {
         std::fs::write(dir.path().join("zz-nodes.yaml"), nodes).unwrap();
         let mut servers = Vec::new();
         for pod in cluster.pods.values() {
-            let Some(lp) = topo.pods.get(&pod.key()) else { continue };
+            let Some(lp) = topo.pods.get(&pod.key()) else {
+                continue;
+            };
             let mut ports = Ports::default();
             for cp in &pod.ports {
                 match cp.protocol {
@@ -99,20 +116,51 @@ impl Lab {
                     netward_controller::Protocol::Sctp => {}
                 }
             }
-            ports.tcp.sort_unstable();
-            ports.tcp.dedup();
+            for (key, tcp, port) in extra {
+                if *key == pod.key() {
+                    if *tcp {
+                        ports.tcp.push(*port)
+                    } else {
+                        ports.udp.push(*port)
+                    }
+                }
+            }
+            for list in [&mut ports.tcp, &mut ports.udp] {
+                list.sort_unstable();
+                list.dedup();
+            }
             servers.push(PodServers::start(&lp.ns, &pod.key(), &ports).unwrap());
         }
         for ext in &topo.externals {
-            let ports = Ports { tcp: ext.spec.ports.clone(), udp: vec![53] };
+            let mut ports = Ports {
+                tcp: ext.spec.ports.clone(),
+                udp: vec![53],
+            };
+            for (key, tcp, port) in extra {
+                if ext.spec.ips.iter().any(|ip| ip.to_string() == *key) && *tcp {
+                    ports.tcp.push(*port);
+                }
+            }
+            ports.tcp.sort_unstable();
+            ports.tcp.dedup();
             servers.push(PodServers::start(&ext.ns, &ext.spec.name, &ports).unwrap());
         }
-        Lab { dir, cluster, servers, topo }
+        Lab {
+            dir,
+            cluster,
+            servers,
+            topo,
+        }
     }
 
     /// The namespace of a pod (`ns/name`).
     pub fn pod(&self, key: &str) -> &Netns {
-        &self.topo.pods.get(key).unwrap_or_else(|| panic!("no pod {key}")).ns
+        &self
+            .topo
+            .pods
+            .get(key)
+            .unwrap_or_else(|| panic!("no pod {key}"))
+            .ns
     }
 
     /// A pod's address in one family.
@@ -120,7 +168,11 @@ impl Lab {
         if let Ok(ip) = key.parse() {
             return ip;
         }
-        *self.topo.pods[key].ips.iter().find(|ip| ip.is_ipv6() == v6).unwrap()
+        *self.topo.pods[key]
+            .ips
+            .iter()
+            .find(|ip| ip.is_ipv6() == v6)
+            .unwrap()
     }
 
     /// The node namespace (the first node by default).
@@ -129,27 +181,53 @@ impl Lab {
     }
 
     /// A TCP connect from a pod to `to` (a pod key or an IP) on `port`.
-    pub fn connect(&self, from: &str, to: &str, port: u16, v6: bool, timeout: Duration) -> (Outcome, Duration) {
+    pub fn connect(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        v6: bool,
+        timeout: Duration,
+    ) -> (Outcome, Duration) {
         let dst = SocketAddr::new(self.ip(to, v6), port);
-        self.pod(from).run(move || probe::tcp_connect(dst, timeout)).unwrap()
+        self.pod(from)
+            .run(move || probe::tcp_connect(dst, timeout))
+            .unwrap()
     }
 
     /// An HTTP GET from a pod.
-    pub fn http_get(&self, from: &str, to: &str, port: u16, v6: bool, timeout: Duration) -> (Outcome, String) {
+    pub fn http_get(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        v6: bool,
+        timeout: Duration,
+    ) -> (Outcome, String) {
         let dst = SocketAddr::new(self.ip(to, v6), port);
-        self.pod(from).run(move || probe::http_get(dst, timeout)).unwrap()
+        self.pod(from)
+            .run(move || probe::http_get(dst, timeout))
+            .unwrap()
     }
 
     /// A UDP request and response from a pod.
     pub fn udp(&self, from: &str, to: &str, port: u16, v6: bool, timeout: Duration) -> Outcome {
         let dst = SocketAddr::new(self.ip(to, v6), port);
-        self.pod(from).run(move || probe::udp_exchange(dst, timeout)).unwrap()
+        self.pod(from)
+            .run(move || probe::udp_exchange(dst, timeout))
+            .unwrap()
     }
 
     /// Starts `netward run` on a node of this lab.
     pub fn start_netward(&self, node: usize, extra: &[&str]) -> Netward {
         let n = &self.topo.nodes[node];
-        let mut args = vec!["run", "--manifests", self.dir.path().to_str().unwrap(), "--reload-ms", "100"];
+        let mut args = vec![
+            "run",
+            "--manifests",
+            self.dir.path().to_str().unwrap(),
+            "--reload-ms",
+            "100",
+        ];
         if self.topo.nodes.len() > 1 {
             args.extend(["--node", &n.name]);
         }
@@ -181,7 +259,11 @@ impl Netward {
             .stderr(file)
             .spawn()
             .unwrap();
-        let mut nw = Netward { child: Some(child), log, _logdir: logdir };
+        let mut nw = Netward {
+            child: Some(child),
+            log,
+            _logdir: logdir,
+        };
         nw.wait_for("datapath ready", Duration::from_secs(15));
         nw
     }
@@ -204,12 +286,18 @@ impl Netward {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
-                    panic!("netward exited ({status}) before {needle:?}:\n{}", self.log());
+                    panic!(
+                        "netward exited ({status}) before {needle:?}:\n{}",
+                        self.log()
+                    );
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("netward did not log {needle:?} within {limit:?}:\n{}", self.log());
+        panic!(
+            "netward did not log {needle:?} within {limit:?}:\n{}",
+            self.log()
+        );
     }
 
     /// Counts the log lines containing `needle`.
@@ -219,7 +307,9 @@ impl Netward {
 
     /// SIGTERM, then waits (at most 10 s) for a clean exit; returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return false };
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();
@@ -277,6 +367,69 @@ pub fn kernel_state(ns: &Netns) -> String {
         }
     }
     out
+}
+
+/// The files of a bundled example, in order: `(file name, text)`.
+pub fn example(name: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter(|p| p.file_name().unwrap() != "expect.yaml")
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_str().unwrap().to_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// One expectation of a bundled example (`expect.yaml`).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Expect {
+    /// `ns/pod` or an IP.
+    pub from: String,
+    /// `ns/pod` or an IP.
+    pub to: String,
+    /// Destination port.
+    pub port: u16,
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// What the tutorial says.
+    pub allowed: bool,
+    /// The file after which it holds (default: all files).
+    #[serde(default)]
+    pub step: Option<String>,
+    /// The tutorial's words.
+    pub says: String,
+}
+
+impl Expect {
+    /// Whether this is a TCP expectation.
+    pub fn tcp(&self) -> bool {
+        self.protocol
+            .as_deref()
+            .is_none_or(|p| p.eq_ignore_ascii_case("tcp"))
+    }
+}
+
+/// The expectations of a bundled example.
+pub fn expectations(name: &str) -> Vec<Expect> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+        .join("expect.yaml");
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    serde_yaml::from_value(doc["spec"]["expect"].clone()).unwrap()
 }
 
 /// The standard probe timeout: long enough for a verdict, short enough for many probes.

@@ -65,9 +65,9 @@ pub(crate) struct CleanupArgs {
 /// validation errors: those policies fail closed and are only reported).
 fn load_manifests(paths: &[PathBuf]) -> Result<Manifests, Vec<load::Error>> {
     let m = Manifests::read_paths(paths);
-    let (policy_errors, fatal): (Vec<_>, Vec<_>) = m.errors.iter().partition(|e| {
-        matches!(e, load::Error::Object { object, .. } if object.starts_with("NetworkPolicy "))
-    });
+    let (policy_errors, fatal): (Vec<_>, Vec<_>) = m.errors.iter().partition(
+        |e| matches!(e, load::Error::Object { object, .. } if object.starts_with("NetworkPolicy ")),
+    );
     for e in &policy_errors {
         error!(error = %e, "invalid NetworkPolicy: it isolates the pods it selects and allows nothing");
     }

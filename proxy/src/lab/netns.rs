@@ -49,10 +49,12 @@ pub fn host(args: &[&str]) -> Result<String> {
 
 fn run(runner: &CommandRunner, args: &[&str]) -> Result<String> {
     let command = args.join(" ");
-    let out = runner.run(args[0], &args[1..], None).map_err(|e| Error::Command {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
+    let out = runner
+        .run(args[0], &args[1..], None)
+        .map_err(|e| Error::Command {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
     if out.success() {
         Ok(out.stdout)
     } else {
@@ -94,7 +96,9 @@ impl Netns {
     /// Runs a command inside the namespace, failing with its stderr.
     pub fn exec(&self, args: &[&str]) -> Result<String> {
         run(
-            &CommandRunner::new().in_netns(&self.name).with_timeout(COMMAND_TIMEOUT),
+            &CommandRunner::new()
+                .in_netns(&self.name)
+                .with_timeout(COMMAND_TIMEOUT),
             args,
         )
     }
@@ -120,10 +124,11 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<std::thread::JoinHandle<Option<T>>> {
-        let file = File::open(format!("/run/netns/{}", self.name)).map_err(|source| Error::Enter {
-            name: self.name.clone(),
-            source,
-        })?;
+        let file =
+            File::open(format!("/run/netns/{}", self.name)).map_err(|source| Error::Enter {
+                name: self.name.clone(),
+                source,
+            })?;
         let name = self.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -171,7 +176,10 @@ pub fn sweep_stale() -> usize {
             continue;
         };
         let pid = rest.split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() && host(&["ip", "netns", "del", name]).is_ok() {
+        if pid.parse::<u32>().is_ok()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && host(&["ip", "netns", "del", name]).is_ok()
+        {
             removed += 1;
         }
     }

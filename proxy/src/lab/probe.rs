@@ -40,8 +40,14 @@ impl std::fmt::Display for Outcome {
 fn classify(e: &std::io::Error) -> Outcome {
     match e.kind() {
         std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Outcome::Timeout,
-        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => Outcome::Refused,
-        _ if matches!(e.raw_os_error(), Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES)) => {
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset => {
+            Outcome::Refused
+        }
+        _ if matches!(
+            e.raw_os_error(),
+            Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EACCES)
+        ) =>
+        {
             Outcome::Refused
         }
         _ => Outcome::Error(e.to_string()),
@@ -66,7 +72,9 @@ pub fn http_get(dst: SocketAddr, timeout: Duration) -> (Outcome, String) {
     };
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
-    let req = format!("GET / HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: netward-lab\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: {dst}\r\nUser-Agent: netward-lab\r\nConnection: close\r\n\r\n"
+    );
     if let Err(e) = s.write_all(req.as_bytes()) {
         return (classify(&e), String::new());
     }
@@ -80,20 +88,29 @@ pub fn http_get(dst: SocketAddr, timeout: Duration) -> (Outcome, String) {
     if text.starts_with("HTTP/1.1 200") {
         (Outcome::Ok, text)
     } else {
-        (Outcome::Error(format!("unexpected reply {:?}", text.lines().next().unwrap_or(""))), text)
+        (
+            Outcome::Error(format!(
+                "unexpected reply {:?}",
+                text.lines().next().unwrap_or("")
+            )),
+            text,
+        )
     }
 }
 
 /// A UDP request and response (a DNS-style query): `Ok` when the echo comes back.
 pub fn udp_exchange(dst: SocketAddr, timeout: Duration) -> Outcome {
-    let bind: SocketAddr = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap_or(dst);
+    let bind: SocketAddr = if dst.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .unwrap_or(dst);
     let sock = match UdpSocket::bind(bind) {
         Ok(s) => s,
         Err(e) => return Outcome::Error(e.to_string()),
     };
     let _ = sock.set_read_timeout(Some(timeout));
     // A DNS-shaped query: id, flags, one question for "netward.lab. A".
-    let query: &[u8] = b"\x4e\x77\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07netward\x03lab\x00\x00\x01\x00\x01";
+    let query: &[u8] =
+        b"\x4e\x77\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07netward\x03lab\x00\x00\x01\x00\x01";
     if let Err(e) = sock.connect(dst).and_then(|()| sock.send(query)) {
         return classify(&e);
     }

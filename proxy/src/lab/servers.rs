@@ -37,7 +37,10 @@ impl PodServers {
         let name = name.to_owned();
         let ports = ports.clone();
         let thread = ns.spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -102,7 +105,11 @@ fn any_addrs(port: u16) -> [SocketAddr; 2] {
 }
 
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
@@ -114,7 +121,11 @@ fn tcp_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
@@ -137,7 +148,9 @@ async fn serve_tcp(listener: TcpListener, name: String) {
 /// (and then half-closes, so the client sees every byte).
 async fn answer(mut stream: TcpStream, name: String) {
     let mut buf = vec![0u8; 64 * 1024];
-    let Ok(n) = stream.read(&mut buf).await else { return };
+    let Ok(n) = stream.read(&mut buf).await else {
+        return;
+    };
     if n == 0 {
         return;
     }
@@ -162,7 +175,9 @@ async fn answer(mut stream: TcpStream, name: String) {
 async fn serve_udp(sock: UdpSocket, name: String) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let Ok((n, from)) = sock.recv_from(&mut buf).await else { continue };
+        let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            continue;
+        };
         let mut reply = Vec::with_capacity(n + name.len() + 2);
         reply.extend_from_slice(&buf[..n]);
         reply.extend_from_slice(b" <- ");
@@ -178,5 +193,9 @@ pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// A TCP socket bound nowhere, for clients that set options before connecting.
 pub fn tcp_socket(v6: bool) -> std::io::Result<TcpSocket> {
-    if v6 { TcpSocket::new_v6() } else { TcpSocket::new_v4() }
+    if v6 {
+        TcpSocket::new_v6()
+    } else {
+        TcpSocket::new_v4()
+    }
 }

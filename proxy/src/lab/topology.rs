@@ -93,7 +93,11 @@ pub struct Topology {
 
 /// The node names a cluster uses, sorted; pods without `spec.nodeName` go to the first.
 pub fn node_names(cluster: &Cluster) -> Vec<String> {
-    let mut names: Vec<String> = cluster.pods.values().filter_map(|p| p.node.clone()).collect();
+    let mut names: Vec<String> = cluster
+        .pods
+        .values()
+        .filter_map(|p| p.node.clone())
+        .collect();
     names.sort();
     names.dedup();
     if names.is_empty() {
@@ -114,19 +118,46 @@ pub fn assign_addresses(cluster: &mut Cluster) {
         if pod.host_network || !pod.ips.is_empty() {
             continue;
         }
-        let k = nodes.iter().position(|n| Some(n) == pod.node.as_ref()).unwrap_or(0) + 1;
+        let k = nodes
+            .iter()
+            .position(|n| Some(n) == pod.node.as_ref())
+            .unwrap_or(0)
+            + 1;
         let i = next.entry(k).or_insert(10);
-        let (hi, lo) = (u8::try_from(*i / 256).unwrap_or(0), u8::try_from(*i % 256).unwrap_or(0));
+        let (hi, lo) = (
+            u8::try_from(*i / 256).unwrap_or(0),
+            u8::try_from(*i % 256).unwrap_or(0),
+        );
         let k8 = u8::try_from(k).unwrap_or(u8::MAX);
-        pod.ips.push(IpAddr::V4(Ipv4Addr::new(198, 18, k8.saturating_add(hi.saturating_mul(64)), lo)));
-        pod.ips.push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, u16::from(k8), *i)));
+        pod.ips.push(IpAddr::V4(Ipv4Addr::new(
+            198,
+            18,
+            k8.saturating_add(hi.saturating_mul(64)),
+            lo,
+        )));
+        pod.ips.push(IpAddr::V6(Ipv6Addr::new(
+            0xfd00,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u16::from(k8),
+            *i,
+        )));
         *i += 1;
     }
     for (i, svc) in cluster.services.values_mut().enumerate() {
         if svc.cluster_ips.is_empty() {
             let i = u16::try_from(i + 10).unwrap_or(u16::MAX);
-            svc.cluster_ips.push(IpAddr::V4(Ipv4Addr::new(198, 19, u8::try_from(i / 256).unwrap_or(0), u8::try_from(i % 256).unwrap_or(0))));
-            svc.cluster_ips.push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xffff, 0, i)));
+            svc.cluster_ips.push(IpAddr::V4(Ipv4Addr::new(
+                198,
+                19,
+                u8::try_from(i / 256).unwrap_or(0),
+                u8::try_from(i % 256).unwrap_or(0),
+            )));
+            svc.cluster_ips
+                .push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xffff, 0, i)));
         }
     }
 }
@@ -159,14 +190,17 @@ const NODE_SYSCTLS: &str = "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.f
     net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
     net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0";
 
-const HOST_SYSCTLS: &str = "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0";
+const HOST_SYSCTLS: &str =
+    "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0";
 
 fn check(ips: &[IpAddr], what: &str) -> Result<()> {
     for ip in ips {
         if !is_lab_address(*ip) {
             return Err(Error::Command {
                 command: format!("address {ip} of {what}"),
-                detail: format!("the lab only uses {LAB_V4} and {LAB_V6}; give {what} an address there"),
+                detail: format!(
+                    "the lab only uses {LAB_V4} and {LAB_V6}; give {what} an address there"
+                ),
             });
         }
     }
@@ -187,7 +221,12 @@ impl Topology {
             ns.sh(&format!(
                 "ip addr add {ip4}/32 dev lo\nip -6 addr add {ip6}/128 dev lo nodad"
             ))?;
-            nodes.push(LabNode { name: name.clone(), ns, ip4, ip6 });
+            nodes.push(LabNode {
+                name: name.clone(),
+                ns,
+                ip4,
+                ip6,
+            });
         }
         let mut topo = Topology {
             nodes,
@@ -200,7 +239,19 @@ impl Topology {
             wire.sh("ip link add br0 type bridge\nip link set br0 up")?;
             for (i, node) in topo.nodes.iter().enumerate() {
                 let k = i + 1;
-                wire.exec(&["ip", "link", "add", &format!("n{k}"), "type", "veth", "peer", "name", "wire", "netns", node.ns.name()])?;
+                wire.exec(&[
+                    "ip",
+                    "link",
+                    "add",
+                    &format!("n{k}"),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "wire",
+                    "netns",
+                    node.ns.name(),
+                ])?;
                 wire.sh(&format!("ip link set n{k} master br0\nip link set n{k} up"))?;
                 node.ns.sh(&format!(
                     "ip link set wire up\nip addr add {}/24 dev wire\nip -6 addr add {}/64 dev wire nodad",
@@ -209,7 +260,12 @@ impl Topology {
             }
             topo.wire = Some(wire);
         }
-        for (i, pod) in cluster.pods.values().filter(|p| !p.host_network && !p.terminated).enumerate() {
+        for (i, pod) in cluster
+            .pods
+            .values()
+            .filter(|p| !p.host_network && !p.terminated)
+            .enumerate()
+        {
             let key = pod.key();
             check(&pod.ips, &format!("pod {key}"))?;
             let node_name = pod.node.clone().unwrap_or_else(|| names[0].clone());
@@ -217,7 +273,19 @@ impl Topology {
             ns.sh(HOST_SYSCTLS)?;
             let node = topo.node(&node_name)?;
             let dev = format!("p{i}");
-            node.ns.exec(&["ip", "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+            node.ns.exec(&[
+                "ip",
+                "link",
+                "add",
+                &dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
             let mut node_script = format!(
                 "ip link set {dev} up\nip addr add {}/32 dev {dev}\nip -6 addr add {}/128 dev {dev} nodad\n",
                 node.ip4, node.ip6
@@ -227,7 +295,11 @@ impl Topology {
                 node.ip4, node.ip4, node.ip6, node.ip6
             );
             for ip in &pod.ips {
-                let (fam, plen, flags) = if ip.is_ipv4() { ("-4", 32, "") } else { ("-6", 128, " nodad") };
+                let (fam, plen, flags) = if ip.is_ipv4() {
+                    ("-4", 32, "")
+                } else {
+                    ("-6", 128, " nodad")
+                };
                 pod_script.push_str(&format!("ip {fam} addr add {ip}/{plen} dev eth0{flags}\n"));
                 node_script.push_str(&format!("ip {fam} route add {ip}/{plen} dev {dev}\n"));
             }
@@ -249,7 +321,19 @@ impl Topology {
             ns.sh(HOST_SYSCTLS)?;
             let node = &topo.nodes[0];
             let dev = format!("x{i}");
-            node.ns.exec(&["ip", "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+            node.ns.exec(&[
+                "ip",
+                "link",
+                "add",
+                &dev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
             let mut node_script = format!(
                 "ip link set {dev} up\nip addr add {}/32 dev {dev}\nip -6 addr add {}/128 dev {dev} nodad\n",
                 node.ip4, node.ip6
@@ -259,13 +343,20 @@ impl Topology {
                 node.ip4, node.ip4, node.ip6, node.ip6
             );
             for ip in &spec.ips {
-                let (fam, plen, flags) = if ip.is_ipv4() { ("-4", 32, "") } else { ("-6", 128, " nodad") };
+                let (fam, plen, flags) = if ip.is_ipv4() {
+                    ("-4", 32, "")
+                } else {
+                    ("-6", 128, " nodad")
+                };
                 ext_script.push_str(&format!("ip {fam} addr add {ip}/{plen} dev eth0{flags}\n"));
                 node_script.push_str(&format!("ip {fam} route add {ip}/{plen} dev {dev}\n"));
             }
             node.ns.sh(&node_script)?;
             ns.sh(&ext_script)?;
-            topo.externals.push(LabExternal { spec: spec.clone(), ns });
+            topo.externals.push(LabExternal {
+                spec: spec.clone(),
+                ns,
+            });
         }
         // Routes between nodes: every pod and external host is reached through its node.
         if topo.nodes.len() > 1 {
@@ -294,10 +385,13 @@ impl Topology {
 
     /// The node with this name.
     pub fn node(&self, name: &str) -> Result<&LabNode> {
-        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| Error::Command {
-            command: format!("node {name}"),
-            detail: "no such node in the lab".to_owned(),
-        })
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| Error::Command {
+                command: format!("node {name}"),
+                detail: "no such node in the lab".to_owned(),
+            })
     }
 
     /// Leaves every namespace in place when dropped (`netward lab --keep`).
