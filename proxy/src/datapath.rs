@@ -448,13 +448,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         return;
     }
     let mark = Some(ctx.opts.rules.marks.bypass);
-    let upstream = match connect_upstream(
-        OrigDst(orig),
-        Some(ClientAddr(peer)),
-        mark,
-        ctx.opts.connect_timeout,
-    )
-    .await
+    // Keep the client's address, except for a pod reaching itself through a Service
+    // (hairpin): a packet from its own address would be dropped by the pod's kernel as
+    // martian, so it comes from the node, as kube-proxy's hairpin masquerade does.
+    let src = (peer.ip() != orig.ip()).then_some(ClientAddr(peer));
+    let upstream = match connect_upstream(OrigDst(orig), src, mark, ctx.opts.connect_timeout).await
     {
         Ok(u) => u,
         Err(e) => {

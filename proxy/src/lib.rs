@@ -5,9 +5,9 @@
 #[allow(unsafe_code)]
 mod sys;
 
-pub mod net;
-pub mod packet;
 pub mod datapath;
 pub mod lab;
+pub mod net;
+pub mod packet;
 pub mod relay;
 pub mod verdict;

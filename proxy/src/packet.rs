@@ -147,6 +147,14 @@ fn parse_v6(p: &[u8]) -> Result<FlowKey> {
             }
             _ => return transport(p, offset, next, src, dst),
         };
+        if p.len() < offset + len {
+            return Err(ParseError::Truncated {
+                header: "ipv6 extension",
+                offset,
+                need: len,
+                len: p.len(),
+            });
+        }
         offset += len;
     }
     Err(ParseError::TooManyExtensions)
@@ -193,7 +201,10 @@ fn bytes<const N: usize>(p: &[u8], offset: usize, header: &'static str) -> Resul
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code: a panic is the failure report")]
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a panic is the failure report"
+    )]
 
     use super::*;
 
@@ -243,7 +254,9 @@ mod tests {
         s.extend_from_slice(&dport.to_be_bytes());
         s.extend_from_slice(&[0; 8]); // verification tag 0, checksum
         // INIT chunk: type 1, flags, length 20, tag, a_rwnd, streams, initial TSN.
-        s.extend_from_slice(&[1, 0, 0, 20, 0, 0, 0, 7, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
+        s.extend_from_slice(&[
+            1, 0, 0, 20, 0, 0, 0, 7, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1,
+        ]);
         s
     }
 
@@ -287,7 +300,12 @@ mod tests {
 
     #[test]
     fn ipv4_sctp_init() {
-        let p = v4(132, [198, 18, 1, 2], [198, 18, 2, 2], &sctp_init(5000, 3868));
+        let p = v4(
+            132,
+            [198, 18, 1, 2],
+            [198, 18, 2, 2],
+            &sctp_init(5000, 3868),
+        );
         assert_eq!(
             parse_packet(&p).unwrap(),
             key(Protocol::Sctp, "198.18.1.2:5000", "198.18.2.2:3868")
@@ -300,7 +318,10 @@ mod tests {
         let mut rest = vec![6, 0, 5, 2, 0, 0, 1, 0];
         rest.extend_from_slice(&tcp_syn(40000, 443));
         let k = parse_packet(&v6(0, A6, B6, &rest)).unwrap();
-        assert_eq!(k, key(Protocol::Tcp, "[fd00:1::2]:40000", "[fd00:2::2]:443"));
+        assert_eq!(
+            k,
+            key(Protocol::Tcp, "[fd00:1::2]:40000", "[fd00:2::2]:443")
+        );
 
         // Hop-by-hop -> destination options (16 bytes) -> first fragment -> UDP.
         let mut rest = vec![60, 0, 1, 4, 0, 0, 0, 0];
@@ -308,7 +329,10 @@ mod tests {
         rest.extend_from_slice(&[17, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]); // offset 0, M=1
         rest.extend_from_slice(&udp(1000, 2000, b""));
         let k = parse_packet(&v6(0, A6, B6, &rest)).unwrap();
-        assert_eq!(k, key(Protocol::Udp, "[fd00:1::2]:1000", "[fd00:2::2]:2000"));
+        assert_eq!(
+            k,
+            key(Protocol::Udp, "[fd00:1::2]:1000", "[fd00:2::2]:2000")
+        );
 
         // Routing header (type 0, no addresses) and AH (12 + 4 bytes ICV) before SCTP.
         let mut rest = vec![51, 0, 0, 0, 0, 0, 0, 0];
@@ -339,7 +363,13 @@ mod tests {
         );
         let v6_full = v6(0, A6, B6, &[17, 0, 5, 2, 0, 0, 1, 0]);
         let err = parse_packet(&v6_full[..44]).unwrap_err();
-        assert!(matches!(err, ParseError::Truncated { header: "ipv6 extension", .. }));
+        assert!(matches!(
+            err,
+            ParseError::Truncated {
+                header: "ipv6 extension",
+                ..
+            }
+        ));
         let err = parse_packet(&v6_full).unwrap_err();
         assert!(matches!(err, ParseError::Truncated { header: "udp", .. }));
         assert!(err.to_string().contains("copy range"), "{err}");
@@ -364,14 +394,22 @@ mod tests {
 
     #[test]
     fn other_protocols_are_errors() {
-        let icmp = v4(1, [198, 18, 1, 2], [198, 18, 2, 2], &[8, 0, 0, 0, 0, 1, 0, 1]);
+        let icmp = v4(
+            1,
+            [198, 18, 1, 2],
+            [198, 18, 2, 2],
+            &[8, 0, 0, 0, 0, 1, 0, 1],
+        );
         assert_eq!(parse_packet(&icmp).unwrap_err(), ParseError::Protocol(1));
         let icmp6 = v6(58, A6, B6, &[128, 0, 0, 0, 0, 1, 0, 1]);
         assert_eq!(parse_packet(&icmp6).unwrap_err(), ParseError::Protocol(58));
         let esp = v6(50, A6, B6, &[0; 16]);
         assert_eq!(parse_packet(&esp).unwrap_err(), ParseError::Protocol(50));
         let no_next = v6(0, A6, B6, &[59, 0, 1, 4, 0, 0, 0, 0]);
-        assert_eq!(parse_packet(&no_next).unwrap_err(), ParseError::Protocol(59));
+        assert_eq!(
+            parse_packet(&no_next).unwrap_err(),
+            ParseError::Protocol(59)
+        );
     }
 
     #[test]

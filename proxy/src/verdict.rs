@@ -214,7 +214,9 @@ pub struct Stats {
     pub overflows: AtomicU64,
     /// Errors the kernel reported for verdicts (e.g. an unknown packet id).
     pub verdict_errors: AtomicU64,
-    /// Sum of the time from receiving a packet to sending its verdict, in nanoseconds.
+    /// Sum of the time from reading a packet's message to sending its verdict, in
+    /// nanoseconds. The send includes the kernel re-injecting an accepted packet
+    /// (up to the SYN-ACK for TCP), so this bounds what netward adds from above.
     pub latency_ns_sum: AtomicU64,
     /// Verdicts timed in `latency_ns_sum`.
     pub latency_count: AtomicU64,
@@ -715,7 +717,10 @@ fn ne_u32(b: &[u8], at: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code: a panic is the failure report")]
+    #![allow(
+        clippy::unwrap_used,
+        reason = "test code: a panic is the failure report"
+    )]
 
     use super::*;
 
@@ -797,15 +802,24 @@ mod tests {
             ],
         );
         assert_eq!(out.len(), 20 + 3 * 8);
-        assert_eq!(&out[28..32], &[0, 0, 4, 0]);
-        assert_eq!(&out[42..44], &NFQA_CFG_MASK.to_ne_bytes());
-        assert_eq!(&out[44..48], &[0, 0, 0, 1]);
+        assert_eq!(&out[22..24], &NFQA_CFG_QUEUE_MAXLEN.to_ne_bytes());
+        assert_eq!(&out[24..28], &[0, 0, 4, 0]);
+        assert_eq!(&out[30..32], &NFQA_CFG_FLAGS.to_ne_bytes());
+        assert_eq!(&out[32..36], &[0, 0, 0, 0]);
+        assert_eq!(&out[38..40], &NFQA_CFG_MASK.to_ne_bytes());
+        assert_eq!(&out[40..44], &[0, 0, 0, 1]);
     }
 
     #[test]
     fn verdicts_match_the_kernel_layout() {
         let mut out = Vec::new();
-        encode_verdict(&mut out, 4242, 0x0102_0304, VERDICT_ACCEPT, Some(0x0030_0001));
+        encode_verdict(
+            &mut out,
+            4242,
+            0x0102_0304,
+            VERDICT_ACCEPT,
+            Some(0x0030_0001),
+        );
         assert_eq!(out.len(), 20 + 12 + 8);
         assert_eq!(&out[4..6], &0x0301u16.to_ne_bytes());
         assert_eq!(&out[6..8], &NLM_F_REQUEST.to_ne_bytes());

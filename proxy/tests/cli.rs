@@ -27,7 +27,15 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn matrix_json_is_exactly_the_documented_shape() {
-    let o = netward(&["matrix", "-f", "examples/rogue-pod", "--port", "80", "-o", "json"]);
+    let o = netward(&[
+        "matrix",
+        "-f",
+        "examples/rogue-pod",
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
@@ -49,10 +57,27 @@ fn matrix_json_on_every_example_is_the_golden_matrix() {
         ("dns-egress", "UDP", "53"),
         ("metadata-block", "TCP", "80"),
     ] {
-        let o = netward(&["matrix", "-f", &format!("examples/{name}"), "--protocol", proto, "--port", port, "-o", "json"]);
+        let o = netward(&[
+            "matrix",
+            "-f",
+            &format!("examples/{name}"),
+            "--protocol",
+            proto,
+            "--port",
+            port,
+            "-o",
+            "json",
+        ]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
-        let golden = root().join(format!("controller/tests/testdata/{name}.{}-{port}.matrix.json", proto.to_lowercase()));
-        assert_eq!(stdout(&o), std::fs::read_to_string(&golden).unwrap(), "{name} {proto}/{port}");
+        let golden = root().join(format!(
+            "controller/tests/testdata/{name}.{}-{port}.matrix.json",
+            proto.to_lowercase()
+        ));
+        assert_eq!(
+            stdout(&o),
+            std::fs::read_to_string(&golden).unwrap(),
+            "{name} {proto}/{port}"
+        );
     }
 }
 
@@ -68,30 +93,66 @@ fn matrix_table_uses_dots_and_crosses() {
 #[test]
 fn explain_exit_codes_and_reasons() {
     let allowed = netward(&[
-        "explain", "-f", "examples/rogue-pod", "--from", "netpol-test/frontend", "--to", "netpol-test/backend", "--port", "80",
+        "explain",
+        "-f",
+        "examples/rogue-pod",
+        "--from",
+        "netpol-test/frontend",
+        "--to",
+        "netpol-test/backend",
+        "--port",
+        "80",
     ]);
     assert_eq!(allowed.status.code(), Some(0), "{}", stderr(&allowed));
-    assert!(stdout(&allowed).contains("allowed by netpol-test/backend-access-policy ingress[0]"), "{}", stdout(&allowed));
+    assert!(
+        stdout(&allowed).contains("allowed by netpol-test/backend-access-policy ingress[0]"),
+        "{}",
+        stdout(&allowed)
+    );
 
     let denied = netward(&[
-        "explain", "-f", "examples/rogue-pod", "--from", "netpol-test/rogue-pod", "--to", "netpol-test/backend", "--port", "80",
+        "explain",
+        "-f",
+        "examples/rogue-pod",
+        "--from",
+        "netpol-test/rogue-pod",
+        "--to",
+        "netpol-test/backend",
+        "--port",
+        "80",
     ]);
     assert_eq!(denied.status.code(), Some(1));
     let out = stdout(&denied);
     assert!(out.contains("DENIED"), "{out}");
-    assert!(out.contains("isolated by netpol-test/backend-access-policy"), "{out}");
+    assert!(
+        out.contains("isolated by netpol-test/backend-access-policy"),
+        "{out}"
+    );
     assert!(out.contains("no match"), "{out}");
 
     // By IP, with JSON output.
     let json = netward(&[
-        "explain", "-f", "examples/metadata-block", "--from", "apps/web", "--to", "198.19.255.254", "--port", "80", "-o", "json",
+        "explain",
+        "-f",
+        "examples/metadata-block",
+        "--from",
+        "apps/web",
+        "--to",
+        "198.19.255.254",
+        "--port",
+        "80",
+        "-o",
+        "json",
     ]);
     assert_eq!(json.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(v["allowed"], false);
     assert_eq!(v["decision"]["verdict"], "deny");
     assert_eq!(v["decision"]["egress"]["result"], "denied");
-    assert_eq!(v["decision"]["egress"]["isolated_by"][0], "apps/block-metadata");
+    assert_eq!(
+        v["decision"]["egress"]["isolated_by"][0],
+        "apps/block-metadata"
+    );
     assert_eq!(v["decision"]["ingress"]["result"], "not-pod");
 }
 
@@ -106,18 +167,39 @@ fn bad_input_exits_2_and_names_file_object_and_field() {
     .unwrap();
     let fs = f.to_str().unwrap();
     for args in [
-        vec!["explain", "-f", fs, "--from", "1.2.3.4", "--to", "x/y", "--port", "80"],
+        vec![
+            "explain", "-f", fs, "--from", "1.2.3.4", "--to", "x/y", "--port", "80",
+        ],
         vec!["matrix", "-f", fs],
     ] {
         let o = netward(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         let e = stderr(&o);
-        assert!(e.contains("bad.yaml: document 1: NetworkPolicy x/np: spec.ingress[0].from[0].ipBlock.cidr"), "{e}");
+        assert!(
+            e.contains(
+                "bad.yaml: document 1: NetworkPolicy x/np: spec.ingress[0].from[0].ipBlock.cidr"
+            ),
+            "{e}"
+        );
         assert!(e.contains("300.1.2.3/8"), "{e}");
     }
-    let o = netward(&["explain", "-f", "examples/rogue-pod", "--from", "netpol-test/nobody", "--to", "netpol-test/backend", "--port", "80"]);
+    let o = netward(&[
+        "explain",
+        "-f",
+        "examples/rogue-pod",
+        "--from",
+        "netpol-test/nobody",
+        "--to",
+        "netpol-test/backend",
+        "--port",
+        "80",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("no pod netpol-test/nobody"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no pod netpol-test/nobody"),
+        "{}",
+        stderr(&o)
+    );
     let o = netward(&["matrix", "-f", "examples/rogue-pod", "--protocol", "ICMP"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown protocol"), "{}", stderr(&o));

@@ -486,7 +486,9 @@ async fn revoked(opts: RelayOptions) {
     });
     client.write_all(b"hello").await.unwrap();
     let mut buf = [0; 5];
-    within(BOUND, "server read", server.read_exact(&mut buf)).await.unwrap();
+    within(BOUND, "server read", server.read_exact(&mut buf))
+        .await
+        .unwrap();
     tx.send(()).unwrap();
     let out = finish(task).await.unwrap();
     assert_eq!(out.end, End::Revoked);

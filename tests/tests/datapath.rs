@@ -113,7 +113,7 @@ fn tutorial(name: &str) {
     for (file, _) in &docs[1..] {
         std::fs::remove_file(lab.dir.path().join(file)).unwrap();
     }
-    let mut nw = lab.start_netward(0, &[]);
+    let nw = lab.start_netward(0, &[]);
     let mut failures = Vec::new();
     let mut checked = 0;
     for (i, (file, text)) in docs.iter().enumerate() {

@@ -38,6 +38,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const PREFIX: &str = "nwl-";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+static KEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Names the namespaces created from now on `nwl-kept-...`: they outlive this process
+/// (`netward lab --keep`), so [`sweep_stale`] must leave them alone.
+pub fn set_kept(kept: bool) {
+    KEPT.store(kept, Ordering::Relaxed);
+}
 
 /// How long one `ip`/`sysctl` command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,7 +83,12 @@ impl Netns {
     /// Creates `nwl-<pid>-<n>-<tag>` with loopback up.
     pub fn new(tag: &str) -> Result<Netns> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{PREFIX}{}-{n}-{tag}", std::process::id());
+        let kept = if KEPT.load(Ordering::Relaxed) {
+            "kept-"
+        } else {
+            ""
+        };
+        let name = format!("{PREFIX}{kept}{}-{n}-{tag}", std::process::id());
         host(&["ip", "netns", "add", &name])?;
         let ns = Netns { name, keep: false };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;

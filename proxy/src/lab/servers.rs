@@ -186,6 +186,30 @@ async fn serve_udp(sock: UdpSocket, name: String) {
     }
 }
 
+/// Serves `ports` in the current namespace until the process ends (`netward lab-serve`).
+/// Calls `ready` once every port is bound.
+pub fn serve_here(name: &str, ports: &Ports, ready: impl FnOnce()) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for port in &ports.tcp {
+            for addr in any_addrs(*port) {
+                tasks.spawn(serve_tcp(tcp_listener(addr)?, name.to_owned()));
+            }
+        }
+        for port in &ports.udp {
+            for addr in any_addrs(*port) {
+                tasks.spawn(serve_udp(udp_socket(addr)?, name.to_owned()));
+            }
+        }
+        ready();
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    })
+}
+
 /// Binds a TCP listener in the current namespace (for tests that serve by hand).
 pub fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     tcp_listener(addr)

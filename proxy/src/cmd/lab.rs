@@ -1,0 +1,123 @@
+//! `netward lab`: the tutorials enforced for real, in network namespaces, without a cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use netward_proxy::lab::run::{self, Options, Scenario};
+use netward_proxy::lab::servers::{Ports, serve_here};
+
+/// EX_NOPERM.
+const EXIT_NOPERM: u8 = 77;
+
+#[derive(Args)]
+pub(crate) struct LabArgs {
+    /// A bundled scenario (three-tier, rogue-pod, namespace-isolation, dns-egress,
+    /// metadata-block) or a directory of Kubernetes YAML files, applied in name order.
+    #[arg(default_value = "three-tier")]
+    scenario: String,
+    /// Leave the lab running, and print how to try the tutorial's commands in it.
+    #[arg(long)]
+    keep: bool,
+    /// netward refuses denied TCP connections with a reset instead of dropping them.
+    #[arg(long)]
+    reject: bool,
+    /// Apply the scenario's files one at a time, probing after each (the tutorial's steps).
+    #[arg(long)]
+    step: bool,
+    /// Probe IPv4 only.
+    #[arg(long)]
+    ipv4_only: bool,
+    /// How long a probe waits for an answer, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Probes in flight at once.
+    #[arg(long, default_value_t = 48)]
+    parallel: usize,
+    /// Audit log for each node's netward (FILE.<node>).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Remove every lab left running by --keep, and exit.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Name in replies.
+    #[arg(long)]
+    name: String,
+    /// TCP ports, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tcp: Vec<u16>,
+    /// UDP ports, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    udp: Vec<u16>,
+}
+
+pub(crate) fn lab(args: &LabArgs) -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "netward: error: netward lab needs root (it builds network namespaces and installs nftables rules): run it with sudo"
+        );
+        return ExitCode::from(EXIT_NOPERM);
+    }
+    let mut out = std::io::stdout();
+    if args.cleanup {
+        let n = run::cleanup(&mut out);
+        println!("{n} lab namespaces removed");
+        return ExitCode::SUCCESS;
+    }
+    let scenario = match Scenario::load(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("netward: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let netward_bin = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("netward: error: cannot find my own binary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options {
+        scenario,
+        keep: args.keep,
+        reject: args.reject,
+        step: args.step,
+        ipv6: !args.ipv4_only,
+        timeout: Duration::from_millis(args.timeout_ms),
+        parallel: args.parallel,
+        audit_log: args.audit_log.clone(),
+        netward_bin,
+    };
+    match run::run(&opts, &mut out) {
+        Ok(report) if report.ok() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("netward: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+pub(crate) fn serve(args: &ServeArgs) -> ExitCode {
+    let ports = Ports {
+        tcp: args.tcp.clone(),
+        udp: args.udp.clone(),
+    };
+    let name = args.name.clone();
+    let r = serve_here(&args.name, &ports, || {
+        println!("serving {name} on tcp {:?} udp {:?}", ports.tcp, ports.udp);
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netward lab-serve: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
