@@ -152,7 +152,7 @@ pub fn explain_text(snap: &Snapshot, from: &str, to: &str, flow: &Flow, e: &Expl
             Direction::Egress => from,
             Direction::Ingress => to,
         });
-        let _ = writeln!(out, "  {dir:<7} ({who}): {}", side.describe(dir));
+        let _ = writeln!(out, "  {dir} ({who}): {}", side.describe(dir));
         for t in traces {
             let p = snap.policy(t.policy);
             let mode = if t.mode == Mode::Audit {
@@ -190,7 +190,7 @@ pub fn explain_text(snap: &Snapshot, from: &str, to: &str, flow: &Flow, e: &Expl
                 let status = match (r.peer_matches, r.port_matches) {
                     (true, true) => "MATCH".to_owned(),
                     (false, true) => format!(
-                        "no match: {} is not {peers}",
+                        "no match: {} is none of these peers",
                         if dir == Direction::Ingress { from } else { to }
                     ),
                     (true, false) => format!(
