@@ -47,6 +47,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Remove every rule, ip rule and route netward installed (after a crash).
     Cleanup(cmd::run::CleanupArgs),
+    /// The node agent: watch the Kubernetes API and enforce on this node (DaemonSet).
+    Node(cmd::node::NodeArgs),
     /// Build a scenario's cluster in network namespaces, enforce it, and probe it.
     Lab(cmd::lab::LabArgs),
     /// The lab's built-in pod servers (used by `netward lab`).
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cmd::offline::explain(&args),
         Command::Run(args) => cmd::run::run(&args),
         Command::Cleanup(args) => cmd::run::cleanup(&args),
+        Command::Node(args) => cmd::node::node(&args),
         Command::Lab(args) => cmd::lab::lab(&args),
         Command::LabServe(args) => cmd::lab::serve(&args),
     }
