@@ -9,6 +9,8 @@ use clap::Args;
 pub(crate) struct NodeArgs {}
 
 pub(crate) fn node(_args: &NodeArgs) -> ExitCode {
-    eprintln!("netward: error: `netward node` is not implemented yet (issue #6); use `netward run --manifests DIR`");
+    eprintln!(
+        "netward: error: `netward node` is not implemented yet (issue #6); use `netward run --manifests DIR`"
+    );
     ExitCode::from(64)
 }
