@@ -34,7 +34,7 @@ pub struct Flow {
 }
 
 /// Why a side is exempt from policy, as Calico and Cilium do it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Exemption {
     /// A pod talking to itself.
@@ -89,7 +89,7 @@ pub struct Decision {
 }
 
 /// The overall verdict, as the audit log spells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
     /// Allowed.

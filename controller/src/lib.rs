@@ -6,6 +6,8 @@
 
 pub mod cluster;
 pub mod engine;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod load;
 pub mod model;
 pub mod render;

@@ -10,7 +10,7 @@ use crate::model::{Direction, Mode};
 use crate::snapshot::{PolicyId, Snapshot};
 
 /// A reference to the rule that allowed a side.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleRef {
     /// `namespace/name` of the policy.
     pub policy: String,
@@ -19,21 +19,21 @@ pub struct RuleRef {
 }
 
 /// One side of a decision, with names.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SideReport {
     /// `not-pod`, `not-isolated`, `exempt`, `allowed`, `audit-denied` or `denied`.
-    pub result: &'static str,
+    pub result: String,
     /// The pod this side is about (`namespace/name`), when it is a pod.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     /// The rule that allowed it (`allowed`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_by: Option<RuleRef>,
     /// The isolating policies (`denied`), or the audit policies that would deny (`audit-denied`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub isolated_by: Vec<String>,
     /// Why it is exempt (`exempt`).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exemption: Option<crate::engine::Exemption>,
 }
 
@@ -42,21 +42,21 @@ impl SideReport {
     pub fn new(snap: &Snapshot, side: &Side, pod: Option<crate::snapshot::PodId>) -> SideReport {
         let names = |ids: &[PolicyId]| ids.iter().map(|id| snap.policy(*id).key()).collect();
         let mut r = SideReport {
-            result: "",
+            result: String::new(),
             pod: pod.map(|p| snap.pod(p).key()),
             allowed_by: None,
             isolated_by: Vec::new(),
             exemption: None,
         };
         match side {
-            Side::NotPod => r.result = "not-pod",
-            Side::NotIsolated => r.result = "not-isolated",
+            Side::NotPod => r.result = "not-pod".to_owned(),
+            Side::NotIsolated => r.result = "not-isolated".to_owned(),
             Side::Exempt(e) => {
-                r.result = "exempt";
+                r.result = "exempt".to_owned();
                 r.exemption = Some(*e);
             }
             Side::Allowed { policy, rule } => {
-                r.result = "allowed";
+                r.result = "allowed".to_owned();
                 r.allowed_by = Some(RuleRef {
                     policy: snap.policy(*policy).key(),
                     rule: *rule,
@@ -65,11 +65,11 @@ impl SideReport {
             Side::AuditDenied {
                 would_be_isolated_by,
             } => {
-                r.result = "audit-denied";
+                r.result = "audit-denied".to_owned();
                 r.isolated_by = names(would_be_isolated_by);
             }
             Side::Denied { isolated_by } => {
-                r.result = "denied";
+                r.result = "denied".to_owned();
                 r.isolated_by = names(isolated_by);
             }
         }
@@ -78,7 +78,7 @@ impl SideReport {
 
     /// One line for humans, e.g. `denied: isolated by ns/a, ns/b; no rule allows it`.
     pub fn describe(&self, dir: Direction) -> String {
-        match self.result {
+        match self.result.as_str() {
             "not-pod" => "not enforced: this end is not a pod".to_owned(),
             "not-isolated" => format!("allowed: no NetworkPolicy selects this pod for {dir}"),
             "exempt" => match self.exemption {

@@ -6,13 +6,15 @@
 //! A single pod's change is applied incrementally ([`Snapshot::with_pod`]), sharing
 //! everything it does not touch with the previous snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::mem::{align_of, size_of, size_of_val};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::cluster::{Cluster, ObjectKey};
 use crate::model::{
-    IpBlock, Mode, Namespace, NamespaceScope, NetworkPolicy, Peer, Pod, Rule, Service,
+    IpBlock, Labels, Mode, Namespace, NamespaceScope, NetworkPolicy, Peer, Pod, Rule, Selector,
+    Service,
 };
 
 /// Index of a pod in a snapshot (stable across incremental updates).
@@ -108,16 +110,201 @@ pub(crate) struct PodEntry {
     pub(crate) egress: Isolation,
 }
 
+/// Pods per storage chunk, as a power of two: changing one pod copies its chunk
+/// (256 entries, ~20 KB), not the whole table.
+const CHUNK_BITS: u32 = 8;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// The pods of a snapshot in fixed-size shared chunks. Cloning the table copies one
+/// pointer per chunk; [`PodTable::get_mut`] copies only the chunk it writes to.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PodTable {
+    chunks: Vec<Arc<[PodEntry]>>,
+    len: usize,
+}
+
+impl PodTable {
+    fn from_vec(entries: Vec<PodEntry>) -> PodTable {
+        let len = entries.len();
+        let mut chunks = Vec::with_capacity(len.div_ceil(CHUNK));
+        let mut rest = entries.into_iter();
+        loop {
+            let chunk: Arc<[PodEntry]> = rest.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        PodTable { chunks, len }
+    }
+
+    /// How many entries (tombstones included).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The entries in id order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &PodEntry> {
+        self.chunks.iter().flat_map(|c| c.iter())
+    }
+
+    /// The entry for `id`, copying its chunk first if another snapshot shares it.
+    fn get_mut(&mut self, id: PodId) -> &mut PodEntry {
+        let i = id.0 as usize;
+        &mut Arc::make_mut(&mut self.chunks[i >> CHUNK_BITS])[i & (CHUNK - 1)]
+    }
+
+    /// Appends an entry, returning its id.
+    fn push(&mut self, entry: PodEntry) -> PodId {
+        let id = PodId(u32::try_from(self.len).unwrap_or(u32::MAX));
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK - 1 => {
+                let mut grown = Vec::with_capacity(last.len() + 1);
+                grown.extend_from_slice(last);
+                grown.push(entry);
+                *last = grown.into();
+            }
+            _ => self.chunks.push(Arc::from([entry])),
+        }
+        self.len += 1;
+        id
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * size_of::<Arc<[PodEntry]>>()
+            + self
+                .chunks
+                .iter()
+                .map(|c| ARC_HEADER + size_of_val::<[PodEntry]>(c))
+                .sum::<usize>()
+    }
+}
+
+impl std::ops::Index<usize> for PodTable {
+    type Output = PodEntry;
+
+    #[inline]
+    fn index(&self, i: usize) -> &PodEntry {
+        &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+}
+
+/// Shards per index, as a power of two: adding, removing or re-addressing one pod
+/// copies one shard (~1/64 of the index), not the whole map.
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+/// A key of a sharded index, with a cheap hash that picks its shard.
+pub(crate) trait ShardKey: Eq + std::hash::Hash {
+    /// The shard, in `0..SHARDS`.
+    fn shard(&self) -> usize;
+
+    /// Heap bytes the key owns.
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// Spreads a 64-bit value's bits into the top `SHARD_BITS` (Fibonacci hashing).
+#[inline]
+fn shard_of(x: u64) -> usize {
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_BITS)) as usize
+}
+
+impl ShardKey for IpAddr {
+    #[inline]
+    fn shard(&self) -> usize {
+        shard_of(match self {
+            IpAddr::V4(a) => u64::from(a.to_bits()),
+            IpAddr::V6(a) => {
+                let b = a.to_bits();
+                (b as u64) ^ ((b >> 64) as u64)
+            }
+        })
+    }
+}
+
+impl ShardKey for ObjectKey {
+    fn shard(&self) -> usize {
+        // FNV-1a over `namespace \xff name`.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.0.bytes().chain([0xff]).chain(self.1.bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        shard_of(h)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.0.capacity() + self.1.capacity()
+    }
+}
+
+/// A map to pod ids split into shared shards: cloning copies `SHARDS` pointers, and a
+/// write copies only its shard, and only when the value actually changes.
+#[derive(Clone, Debug)]
+pub(crate) struct ShardedIndex<K> {
+    shards: Vec<Arc<HashMap<K, PodId>>>,
+}
+
+impl<K: ShardKey + Clone> ShardedIndex<K> {
+    /// Builds the index; for a repeated key the first entry wins.
+    fn build(entries: impl IntoIterator<Item = (K, PodId)>, expected: usize) -> ShardedIndex<K> {
+        let per_shard = expected.div_ceil(SHARDS) + expected.div_ceil(SHARDS) / 4;
+        let mut maps: Vec<HashMap<K, PodId>> = (0..SHARDS)
+            .map(|_| HashMap::with_capacity(per_shard))
+            .collect();
+        for (k, id) in entries {
+            maps[k.shard()].entry(k).or_insert(id);
+        }
+        ShardedIndex {
+            shards: maps.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<&PodId> {
+        self.shards[key.shard()].get(key)
+    }
+
+    fn insert(&mut self, key: K, id: PodId) {
+        Arc::make_mut(&mut self.shards[key.shard()]).insert(key, id);
+    }
+
+    fn remove(&mut self, key: &K) -> Option<PodId> {
+        let shard = &mut self.shards[key.shard()];
+        if !shard.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(shard).remove(key)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.shards.capacity() * size_of::<Arc<HashMap<K, PodId>>>()
+            + self
+                .shards
+                .iter()
+                .map(|m| {
+                    ARC_HEADER
+                        + size_of::<HashMap<K, PodId>>()
+                        + hash_table_bytes::<(K, PodId)>(m.capacity())
+                        + m.keys().map(ShardKey::heap_bytes).sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+}
+
 /// The immutable compiled policy state. Share it as `Arc<Snapshot>`.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub(crate) generation: u64,
+    /// False only for [`Snapshot::not_ready`]: the source has not seen the whole cluster yet.
+    pub(crate) ready: bool,
     pub(crate) namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
-    pub(crate) pods: Vec<PodEntry>,
-    pub(crate) pod_by_key: HashMap<ObjectKey, PodId>,
-    pub(crate) pod_by_ip: HashMap<IpAddr, PodId>,
+    pub(crate) pods: PodTable,
+    pub(crate) pod_by_key: ShardedIndex<ObjectKey>,
+    pub(crate) pod_by_ip: ShardedIndex<IpAddr>,
     pub(crate) node_by_ip: Arc<HashMap<IpAddr, Arc<str>>>,
-    pub(crate) policies: Vec<CompiledPolicy>,
+    pub(crate) policies: Arc<Vec<CompiledPolicy>>,
     pub(crate) policy_by_key: Arc<HashMap<ObjectKey, PolicyId>>,
     pub(crate) services_by_ip: Arc<HashMap<IpAddr, Arc<Service>>>,
     pub(crate) services: Arc<Vec<Arc<Service>>>,
@@ -149,13 +336,9 @@ fn selects(policy: &NetworkPolicy, pod: &Pod) -> bool {
             .is_none_or(|s| s.matches(&pod.labels))
 }
 
-/// Whether one pod peer selects this pod (which must be live).
-fn peer_selects(
-    peer: &Peer,
-    policy_ns: &str,
-    pod: &Pod,
-    namespaces: &BTreeMap<String, Arc<Namespace>>,
-) -> bool {
+/// Whether one pod peer selects this pod (which must be live); `ns_labels` are the
+/// labels of the pod's namespace, if it exists.
+fn peer_selects(peer: &Peer, policy_ns: &str, pod: &Pod, ns_labels: Option<&Labels>) -> bool {
     let Peer::Pods {
         namespaces: scope,
         pods,
@@ -165,11 +348,18 @@ fn peer_selects(
     };
     let ns_ok = match scope {
         NamespaceScope::Own => pod.namespace == policy_ns,
-        NamespaceScope::Selected(sel) => namespaces
-            .get(&pod.namespace)
-            .is_some_and(|ns| sel.matches(&ns.labels)),
+        NamespaceScope::Selected(sel) => ns_labels.is_some_and(|l| sel.matches(l)),
     };
     ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+}
+
+/// `new` as a shared list, keeping `old`'s allocation when they are equal.
+fn reuse(old: &Arc<[PolicyId]>, new: Vec<PolicyId>) -> Arc<[PolicyId]> {
+    if **old == *new {
+        old.clone()
+    } else {
+        new.into()
+    }
 }
 
 fn is_live(pod: &Pod) -> bool {
@@ -186,31 +376,38 @@ impl Snapshot {
             .collect();
 
         // Pods, in key order.
+        let live: Vec<bool> = cluster.pods.values().map(is_live).collect();
         let mut pods = Vec::with_capacity(cluster.pods.len());
-        let mut pod_by_key = HashMap::with_capacity(cluster.pods.len());
-        let mut pod_by_ip = HashMap::with_capacity(cluster.pods.len() * 2);
-        let mut pods_by_ns: HashMap<&str, Vec<PodId>> = HashMap::new();
-        for (i, (key, pod)) in cluster.pods.iter().enumerate() {
-            let id = PodId(u32::try_from(i).unwrap_or(u32::MAX));
-            let live = is_live(pod);
-            if live {
-                for ip in &pod.ips {
-                    pod_by_ip.entry(*ip).or_insert(id);
-                }
-                pods_by_ns
-                    .entry(pod.namespace.as_str())
-                    .or_default()
-                    .push(id);
-            }
-            pod_by_key.insert(key.clone(), id);
+        for (pod, live) in cluster.pods.values().zip(&live) {
             pods.push(PodEntry {
                 pod: Arc::new(pod.clone()),
                 present: true,
-                live,
+                live: *live,
                 ingress: Isolation::default(),
                 egress: Isolation::default(),
             });
         }
+        let id_of = |i: usize| PodId(u32::try_from(i).unwrap_or(u32::MAX));
+        let pod_by_key = ShardedIndex::build(
+            cluster
+                .pods
+                .keys()
+                .enumerate()
+                .map(|(i, k)| (k.clone(), id_of(i))),
+            cluster.pods.len(),
+        );
+        let pod_by_ip = ShardedIndex::build(
+            cluster
+                .pods
+                .values()
+                .enumerate()
+                .filter(|(i, _)| live[*i])
+                .flat_map(|(i, p)| p.ips.iter().map(move |ip| (*ip, id_of(i)))),
+            cluster.pods.len(),
+        );
+        // Live pods grouped by namespace and label set: selectors are evaluated once
+        // per distinct label set, not once per pod.
+        let mut cx = CompileCx::new(cluster, &live);
 
         // Policies, in key order; per-pod isolation lists built alongside.
         let mut iso_in: Vec<(Vec<PolicyId>, Vec<PolicyId>)> = vec![Default::default(); pods.len()];
@@ -220,36 +417,30 @@ impl Snapshot {
         for (i, (key, spec)) in cluster.policies.iter().enumerate() {
             let id = PolicyId(u32::try_from(i).unwrap_or(u32::MAX));
             let mode = policy_mode(spec, &namespaces);
-            let compile_rules = |rules: &[Rule]| {
-                Arc::new(
-                    rules
-                        .iter()
-                        .map(|r| compile_rule(r, &spec.namespace, &namespaces, &pods, &pods_by_ns))
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let ingress = spec.ingress.as_deref().map(compile_rules);
-            let egress = spec.egress.as_deref().map(compile_rules);
-            for pid in pods_by_ns
-                .get(spec.namespace.as_str())
-                .into_iter()
-                .flatten()
-            {
-                let entry = &pods[pid.0 as usize];
-                if !selects(spec, &entry.pod) {
-                    continue;
+            let ingress = spec
+                .ingress
+                .as_deref()
+                .map(|rules| cx.compile_rules(rules, &spec.namespace));
+            let egress = spec
+                .egress
+                .as_deref()
+                .map(|rules| cx.compile_rules(rules, &spec.namespace));
+            // The pods it isolates: `selects()`, one label-set group at a time.
+            let sel = spec.pod_selector.as_ref().map(|s| cx.pod_memo.id(s));
+            cx.for_selected(&spec.namespace, sel, |group| {
+                for pid in group {
+                    let slot = |lists: &mut (Vec<PolicyId>, Vec<PolicyId>)| match mode {
+                        Mode::Enforce => lists.0.push(id),
+                        Mode::Audit => lists.1.push(id),
+                    };
+                    if ingress.is_some() {
+                        slot(&mut iso_in[pid.0 as usize]);
+                    }
+                    if egress.is_some() {
+                        slot(&mut iso_eg[pid.0 as usize]);
+                    }
                 }
-                let slot = |lists: &mut (Vec<PolicyId>, Vec<PolicyId>)| match mode {
-                    Mode::Enforce => lists.0.push(id),
-                    Mode::Audit => lists.1.push(id),
-                };
-                if ingress.is_some() {
-                    slot(&mut iso_in[pid.0 as usize]);
-                }
-                if egress.is_some() {
-                    slot(&mut iso_eg[pid.0 as usize]);
-                }
-            }
+            });
             policy_by_key.insert(key.clone(), id);
             policies.push(CompiledPolicy {
                 spec: Arc::new(spec.clone()),
@@ -258,6 +449,7 @@ impl Snapshot {
                 egress,
             });
         }
+        drop(cx);
 
         // Intern the isolation lists: most pods share a handful of them.
         let mut interned: HashMap<Vec<PolicyId>, Arc<[PolicyId]>> = HashMap::new();
@@ -299,16 +491,33 @@ impl Snapshot {
 
         Snapshot {
             generation: 1,
+            ready: true,
             namespaces: Arc::new(namespaces),
-            pods,
+            pods: PodTable::from_vec(pods),
             pod_by_key,
             pod_by_ip,
             node_by_ip: Arc::new(node_by_ip),
-            policies,
+            policies: Arc::new(policies),
             policy_by_key: Arc::new(policy_by_key),
             services_by_ip: Arc::new(services_by_ip),
             services: Arc::new(services),
         }
+    }
+
+    /// The placeholder a source publishes before it has seen the whole cluster (the
+    /// API watchers before their initial lists complete). Empty, generation 0, and
+    /// [`Snapshot::is_ready`] is false: the datapath denies every new flow it sees
+    /// while this is published, because an empty *ready* snapshot would allow everything.
+    pub fn not_ready() -> Snapshot {
+        let mut s = Snapshot::compile(&Cluster::default());
+        s.generation = 0;
+        s.ready = false;
+        s
+    }
+
+    /// False for [`Snapshot::not_ready`]: nothing may be allowed from this snapshot.
+    pub fn is_ready(&self) -> bool {
+        self.ready
     }
 
     /// A new snapshot with one pod added or replaced, sharing everything else.
@@ -323,18 +532,18 @@ impl Snapshot {
             );
         }
         let key = (pod.namespace.clone(), pod.name.clone());
+        let pod = Arc::new(pod);
         let id = match next.pod_by_key.get(&key) {
             Some(id) => *id,
             None => {
-                let id = PodId(u32::try_from(next.pods.len()).unwrap_or(u32::MAX));
-                next.pod_by_key.insert(key, id);
-                next.pods.push(PodEntry {
-                    pod: Arc::new(pod.clone()),
+                let id = next.pods.push(PodEntry {
+                    pod: pod.clone(),
                     present: true,
                     live: false,
                     ingress: Isolation::default(),
                     egress: Isolation::default(),
                 });
+                next.pod_by_key.insert(key, id);
                 id
             }
         };
@@ -351,58 +560,65 @@ impl Snapshot {
             .remove(&(namespace.to_owned(), name.to_owned()))
         {
             next.update_pod(id, None);
-            next.pods[id.0 as usize].present = false;
+            next.pods.get_mut(id).present = false;
         }
         next
     }
 
     /// Recomputes everything that depends on one pod: its IP index entries, the
-    /// policies that isolate it, and its membership in every rule's peer set.
-    fn update_pod(&mut self, id: PodId, pod: Option<Pod>) {
-        let idx = id.0 as usize;
-        // Drop the old IP index entries.
-        for ip in &self.pods[idx].pod.ips {
-            if self.pod_by_ip.get(ip) == Some(&id) {
-                self.pod_by_ip.remove(ip);
-            }
-        }
+    /// policies that isolate it, and its membership in every rule's peer set. Only
+    /// what changes is written (and so copied away from the previous snapshot).
+    fn update_pod(&mut self, id: PodId, pod: Option<Arc<Pod>>) {
+        let old = self.pods[id.0 as usize].pod.clone();
         let (pod, live) = match pod {
             Some(p) => {
                 let live = is_live(&p);
-                (Arc::new(p), live)
+                (p, live)
             }
-            None => (self.pods[idx].pod.clone(), false),
+            None => (old.clone(), false),
         };
-        if live {
-            for ip in &pod.ips {
-                self.pod_by_ip.entry(*ip).or_insert(id);
+        // The IP index ends as if the pod's old entries were dropped and its new IPs
+        // added where free, but an unchanged entry is not written (a label change
+        // writes nothing).
+        for ip in &old.ips {
+            if self.pod_by_ip.get(ip) == Some(&id) && !(live && pod.ips.contains(ip)) {
+                self.pod_by_ip.remove(ip);
             }
         }
+        if live {
+            for ip in &pod.ips {
+                if self.pod_by_ip.get(ip).is_none() {
+                    self.pod_by_ip.insert(*ip, id);
+                }
+            }
+        }
+
+        // Read everything first; then copy and write only the rule sets that change.
+        let ns_labels = self.namespaces.get(&pod.namespace).map(|n| &n.labels);
         let mut iso_in = (Vec::new(), Vec::new());
         let mut iso_eg = (Vec::new(), Vec::new());
-        let namespaces = self.namespaces.clone();
-        for (i, pol) in self.policies.iter_mut().enumerate() {
+        // (policy index, egress?, rule index, member?)
+        let mut flips: Vec<(usize, bool, usize, bool)> = Vec::new();
+        for (i, pol) in self.policies.iter().enumerate() {
             let pid = PolicyId(u32::try_from(i).unwrap_or(u32::MAX));
             if live && selects(&pol.spec, &pod) {
-                let lists_in = &mut iso_in;
-                let lists_eg = &mut iso_eg;
                 let push = |l: &mut (Vec<PolicyId>, Vec<PolicyId>)| match pol.mode {
                     Mode::Enforce => l.0.push(pid),
                     Mode::Audit => l.1.push(pid),
                 };
                 if pol.ingress.is_some() {
-                    push(lists_in);
+                    push(&mut iso_in);
                 }
                 if pol.egress.is_some() {
-                    push(lists_eg);
+                    push(&mut iso_eg);
                 }
             }
-            let spec = pol.spec.clone();
-            for (rules, specs) in [
-                (&mut pol.ingress, spec.ingress.as_deref()),
-                (&mut pol.egress, spec.egress.as_deref()),
+            let spec = &pol.spec;
+            for (egress, rules, specs) in [
+                (false, &pol.ingress, spec.ingress.as_deref()),
+                (true, &pol.egress, spec.egress.as_deref()),
             ] {
-                let (Some(rules), Some(specs)) = (rules.as_mut(), specs) else {
+                let (Some(rules), Some(specs)) = (rules.as_ref(), specs) else {
                     continue;
                 };
                 for (r, rspec) in specs.iter().enumerate() {
@@ -414,26 +630,40 @@ impl Snapshot {
                             .peers
                             .iter()
                             .flatten()
-                            .any(|p| peer_selects(p, &spec.namespace, &pod, &namespaces));
+                            .any(|p| peer_selects(p, &spec.namespace, &pod, ns_labels));
                     if peers.pods.contains(id) != want {
-                        let rule = &mut Arc::make_mut(rules)[r];
-                        if let Some(peers) = rule.peers.as_mut() {
-                            Arc::make_mut(&mut peers.pods).set(id, want);
-                        }
+                        flips.push((i, egress, r, want));
                     }
                 }
             }
         }
-        let entry = &mut self.pods[idx];
+        if !flips.is_empty() {
+            let policies = Arc::make_mut(&mut self.policies);
+            for (i, egress, r, want) in flips {
+                let pol = &mut policies[i];
+                let rules = if egress {
+                    &mut pol.egress
+                } else {
+                    &mut pol.ingress
+                };
+                if let Some(rules) = rules.as_mut()
+                    && let Some(peers) = Arc::make_mut(rules)[r].peers.as_mut()
+                {
+                    Arc::make_mut(&mut peers.pods).set(id, want);
+                }
+            }
+        }
+
+        let entry = self.pods.get_mut(id);
         entry.pod = pod;
         entry.live = live;
         entry.ingress = Isolation {
-            enforce: iso_in.0.into(),
-            audit: iso_in.1.into(),
+            enforce: reuse(&entry.ingress.enforce, iso_in.0),
+            audit: reuse(&entry.ingress.audit, iso_in.1),
         };
         entry.egress = Isolation {
-            enforce: iso_eg.0.into(),
-            audit: iso_eg.1.into(),
+            enforce: reuse(&entry.egress.enforce, iso_eg.0),
+            audit: reuse(&entry.egress.audit, iso_eg.1),
         };
     }
 
@@ -527,90 +757,423 @@ impl Snapshot {
             .filter(|p| !p.errors.is_empty())
     }
 
-    /// An estimate of the heap memory the snapshot holds (pods, indexes, peer sets).
+    /// An estimate of the heap memory the snapshot holds (pods, indexes, peer sets,
+    /// policies), counting what it shares with other snapshots in full and each shared
+    /// allocation once. Sizes are the requested bytes, as a counting allocator sees them.
     pub fn approx_heap_bytes(&self) -> usize {
-        let pod_bytes: usize = self
-            .pods
-            .iter()
-            .map(|e| {
-                let p = &e.pod;
-                std::mem::size_of::<PodEntry>()
-                    + std::mem::size_of::<Pod>()
-                    + p.namespace.capacity()
-                    + p.name.capacity()
-                    + p.labels
-                        .iter()
-                        .map(|(k, v)| k.capacity() + v.capacity() + 48)
-                        .sum::<usize>()
-                    + p.ips.capacity() * std::mem::size_of::<IpAddr>()
-                    + p.ports.capacity() * 48
-            })
-            .sum();
-        let index_bytes = (self.pod_by_ip.capacity() + self.pod_by_key.capacity()) * 48;
-        let mut seen = std::collections::HashSet::new();
-        let mut rule_bytes = 0;
-        for p in &self.policies {
-            for rules in [&p.ingress, &p.egress].into_iter().flatten() {
-                for r in rules.iter() {
-                    if let Some(peers) = &r.peers
-                        && seen.insert(Arc::as_ptr(&peers.pods))
-                    {
-                        rule_bytes += peers.pods.heap_bytes();
-                    }
-                    rule_bytes += std::mem::size_of::<CompiledRule>();
+        let mut seen: HashSet<*const ()> = HashSet::new();
+        let mut once = |p: *const ()| seen.insert(p);
+
+        let mut pod_bytes = self.pods.heap_bytes();
+        for e in self.pods.iter() {
+            pod_bytes += ARC_HEADER + size_of::<Pod>() + pod_heap_bytes(&e.pod);
+            for list in [
+                &e.ingress.enforce,
+                &e.ingress.audit,
+                &e.egress.enforce,
+                &e.egress.audit,
+            ] {
+                if once(Arc::as_ptr(list).cast()) {
+                    pod_bytes += ARC_HEADER + size_of_val::<[PolicyId]>(list);
                 }
             }
         }
-        pod_bytes + index_bytes + rule_bytes + self.policies.len() * 512
+        let index_bytes = self.pod_by_key.heap_bytes() + self.pod_by_ip.heap_bytes();
+
+        let mut policy_bytes = size_of::<Vec<CompiledPolicy>>()
+            + ARC_HEADER
+            + self.policies.capacity() * size_of::<CompiledPolicy>()
+            + ARC_HEADER
+            + size_of::<HashMap<ObjectKey, PolicyId>>()
+            + hash_table_bytes::<(ObjectKey, PolicyId)>(self.policy_by_key.capacity())
+            + self
+                .policy_by_key
+                .keys()
+                .map(|(ns, n)| ns.capacity() + n.capacity())
+                .sum::<usize>();
+        for p in self.policies.iter() {
+            if once(Arc::as_ptr(&p.spec).cast()) {
+                policy_bytes +=
+                    ARC_HEADER + size_of::<NetworkPolicy>() + policy_heap_bytes(&p.spec);
+            }
+            for rules in [&p.ingress, &p.egress].into_iter().flatten() {
+                if !once(Arc::as_ptr(rules).cast()) {
+                    continue;
+                }
+                policy_bytes += ARC_HEADER
+                    + size_of::<Vec<CompiledRule>>()
+                    + rules.capacity() * size_of::<CompiledRule>();
+                for peers in rules.iter().filter_map(|r| r.peers.as_ref()) {
+                    if once(Arc::as_ptr(&peers.pods).cast()) {
+                        policy_bytes += ARC_HEADER + size_of::<PodSet>() + peers.pods.heap_bytes();
+                    }
+                    if once(Arc::as_ptr(&peers.blocks).cast()) {
+                        policy_bytes += ARC_HEADER
+                            + size_of_val::<[IpBlock]>(&peers.blocks)
+                            + peers
+                                .blocks
+                                .iter()
+                                .map(|b| b.except.capacity() * size_of::<ipnet::IpNet>())
+                                .sum::<usize>();
+                    }
+                }
+            }
+        }
+
+        let mut other_bytes = ARC_HEADER
+            + size_of::<BTreeMap<String, Arc<Namespace>>>()
+            + btree_node_bytes::<String, Arc<Namespace>>(self.namespaces.len());
+        for (name, ns) in self.namespaces.iter() {
+            other_bytes += name.capacity()
+                + ARC_HEADER
+                + size_of::<Namespace>()
+                + ns.name.capacity()
+                + labels_heap_bytes(&ns.labels);
+        }
+        other_bytes += ARC_HEADER
+            + size_of::<HashMap<IpAddr, Arc<str>>>()
+            + hash_table_bytes::<(IpAddr, Arc<str>)>(self.node_by_ip.capacity());
+        for name in self.node_by_ip.values() {
+            if once(Arc::as_ptr(name).cast()) {
+                other_bytes += ARC_HEADER + name.len();
+            }
+        }
+        other_bytes += ARC_HEADER
+            + size_of::<HashMap<IpAddr, Arc<Service>>>()
+            + hash_table_bytes::<(IpAddr, Arc<Service>)>(self.services_by_ip.capacity())
+            + ARC_HEADER
+            + size_of::<Vec<Arc<Service>>>()
+            + self.services.capacity() * size_of::<Arc<Service>>();
+        for s in self.services.iter() {
+            other_bytes += ARC_HEADER
+                + size_of::<Service>()
+                + s.namespace.capacity()
+                + s.name.capacity()
+                + s.cluster_ips.capacity() * size_of::<IpAddr>()
+                + s.selector.as_ref().map_or(0, labels_heap_bytes)
+                + s.ports.capacity() * size_of::<crate::model::ServicePort>()
+                + s.ports
+                    .iter()
+                    .map(|p| {
+                        p.name.as_ref().map_or(0, String::capacity)
+                            + match &p.target {
+                                crate::model::PortRef::Name(n) => n.capacity(),
+                                crate::model::PortRef::Number(_) => 0,
+                            }
+                    })
+                    .sum::<usize>();
+        }
+        pod_bytes + index_bytes + policy_bytes + other_bytes
     }
 }
 
-fn compile_rule(
-    rule: &Rule,
-    policy_ns: &str,
-    namespaces: &BTreeMap<String, Arc<Namespace>>,
-    pods: &[PodEntry],
-    pods_by_ns: &HashMap<&str, Vec<PodId>>,
-) -> CompiledRule {
-    let Some(peers) = &rule.peers else {
-        return CompiledRule { peers: None };
-    };
-    let mut set = PodSet::with_len(pods.len());
-    let mut blocks = Vec::new();
-    for peer in peers {
-        match peer {
-            Peer::IpBlock(b) => blocks.push(b.clone()),
-            Peer::Pods {
-                namespaces: scope,
-                pods: sel,
-            } => {
-                let mut add_ns = |ns: &str| {
-                    for id in pods_by_ns.get(ns).into_iter().flatten() {
-                        if sel
-                            .as_ref()
-                            .is_none_or(|s| s.matches(&pods[id.0 as usize].pod.labels))
-                        {
-                            set.set(*id, true);
-                        }
-                    }
-                };
-                match scope {
-                    NamespaceScope::Own => add_ns(policy_ns),
-                    NamespaceScope::Selected(nsel) => {
-                        for ns in namespaces.values() {
-                            if nsel.matches(&ns.labels) {
-                                add_ns(&ns.name);
+/// Selector results memoized per distinct selector and distinct label set: compile
+/// evaluates each (selector, label set) pair at most once, however many pods share
+/// the label set and however many peers repeat the selector.
+struct SelectorMemo<'a> {
+    /// The label sets, by id.
+    sets: Vec<&'a Labels>,
+    /// The distinct selectors, by id.
+    selectors: Vec<&'a Selector>,
+    /// Selector ids by the selector's `Debug` text (a hit is confirmed with `==`).
+    ids: HashMap<String, Vec<usize>>,
+    /// Per selector id, per label set id: 0 not evaluated yet, 1 no match, 2 match.
+    results: Vec<Vec<u8>>,
+}
+
+impl<'a> SelectorMemo<'a> {
+    fn new(sets: Vec<&'a Labels>) -> SelectorMemo<'a> {
+        SelectorMemo {
+            sets,
+            selectors: Vec::new(),
+            ids: HashMap::new(),
+            results: Vec::new(),
+        }
+    }
+
+    /// The id of a selector (equal selectors share one).
+    fn id(&mut self, sel: &'a Selector) -> usize {
+        let same = self.ids.entry(format!("{sel:?}")).or_default();
+        if let Some(id) = same.iter().find(|id| self.selectors[**id] == sel) {
+            return *id;
+        }
+        let id = self.selectors.len();
+        self.selectors.push(sel);
+        self.results.push(vec![0; self.sets.len()]);
+        same.push(id);
+        id
+    }
+
+    /// Whether selector `sel` selects label set `set`.
+    #[inline]
+    fn matches(&mut self, sel: usize, set: u32) -> bool {
+        let slot = &mut self.results[sel][set as usize];
+        if *slot == 0 {
+            *slot = if self.selectors[sel].matches(self.sets[set as usize]) {
+                2
+            } else {
+                1
+            };
+        }
+        *slot == 2
+    }
+}
+
+/// The live pods of one namespace that share one label set.
+struct Group {
+    labels: u32,
+    pods: Vec<PodId>,
+}
+
+/// What compiling rules needs: live pods grouped by namespace and label set, and the
+/// selector memos for pods and namespaces.
+struct CompileCx<'a> {
+    pod_count: usize,
+    /// Live pods by namespace, then by label set.
+    groups: HashMap<&'a str, Vec<Group>>,
+    /// Namespace names, in the order of `namespaces` (the ids of `ns_memo`'s label sets).
+    ns_names: Vec<&'a str>,
+    /// Over the distinct pod label sets.
+    pod_memo: SelectorMemo<'a>,
+    /// Over the namespaces' labels.
+    ns_memo: SelectorMemo<'a>,
+}
+
+impl<'a> CompileCx<'a> {
+    fn new(cluster: &'a Cluster, live: &[bool]) -> CompileCx<'a> {
+        let mut set_ids: HashMap<&'a Labels, u32> = HashMap::new();
+        let mut sets: Vec<&'a Labels> = Vec::new();
+        let mut groups: HashMap<&'a str, Vec<Group>> = HashMap::new();
+        let mut group_of: HashMap<(&'a str, u32), usize> = HashMap::new();
+        for (i, pod) in cluster.pods.values().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            let id = PodId(u32::try_from(i).unwrap_or(u32::MAX));
+            let labels = *set_ids.entry(&pod.labels).or_insert_with(|| {
+                sets.push(&pod.labels);
+                u32::try_from(sets.len() - 1).unwrap_or(u32::MAX)
+            });
+            let ns = pod.namespace.as_str();
+            let in_ns = groups.entry(ns).or_default();
+            let g = *group_of.entry((ns, labels)).or_insert_with(|| {
+                in_ns.push(Group {
+                    labels,
+                    pods: Vec::new(),
+                });
+                in_ns.len() - 1
+            });
+            in_ns[g].pods.push(id);
+        }
+        CompileCx {
+            pod_count: cluster.pods.len(),
+            groups,
+            ns_names: cluster
+                .namespaces
+                .values()
+                .map(|n| n.name.as_str())
+                .collect(),
+            pod_memo: SelectorMemo::new(sets),
+            ns_memo: SelectorMemo::new(cluster.namespaces.values().map(|n| &n.labels).collect()),
+        }
+    }
+
+    /// Calls `f` with the live pods of namespace `ns` that `sel` (a `pod_memo` id;
+    /// `None`: every pod) selects, one label-set group at a time.
+    fn for_selected(&mut self, ns: &str, sel: Option<usize>, mut f: impl FnMut(&[PodId])) {
+        for g in self.groups.get(ns).into_iter().flatten() {
+            if sel.is_none_or(|s| self.pod_memo.matches(s, g.labels)) {
+                f(&g.pods);
+            }
+        }
+    }
+
+    fn compile_rules(&mut self, rules: &'a [Rule], policy_ns: &str) -> Arc<Vec<CompiledRule>> {
+        Arc::new(
+            rules
+                .iter()
+                .map(|r| self.compile_rule(r, policy_ns))
+                .collect(),
+        )
+    }
+
+    fn compile_rule(&mut self, rule: &'a Rule, policy_ns: &str) -> CompiledRule {
+        let Some(peers) = &rule.peers else {
+            return CompiledRule { peers: None };
+        };
+        let mut set = PodSet::with_len(self.pod_count);
+        let mut blocks = Vec::new();
+        let mut add = |pods: &[PodId]| {
+            for id in pods {
+                set.set(*id, true);
+            }
+        };
+        for peer in peers {
+            match peer {
+                Peer::IpBlock(b) => blocks.push(b.clone()),
+                Peer::Pods {
+                    namespaces: scope,
+                    pods: sel,
+                } => {
+                    let sel = sel.as_ref().map(|s| self.pod_memo.id(s));
+                    match scope {
+                        NamespaceScope::Own => self.for_selected(policy_ns, sel, &mut add),
+                        NamespaceScope::Selected(nsel) => {
+                            let nsel = self.ns_memo.id(nsel);
+                            for i in 0..self.ns_names.len() {
+                                let set_id = u32::try_from(i).unwrap_or(u32::MAX);
+                                if self.ns_memo.matches(nsel, set_id) {
+                                    self.for_selected(self.ns_names[i], sel, &mut add);
+                                }
                             }
                         }
                     }
                 }
             }
         }
+        CompiledRule {
+            peers: Some(ResolvedPeers {
+                pods: Arc::new(set),
+                blocks: blocks.into(),
+            }),
+        }
     }
-    CompiledRule {
-        peers: Some(ResolvedPeers {
-            pods: Arc::new(set),
-            blocks: blocks.into(),
-        }),
+}
+
+// ---------- heap size estimates (for `approx_heap_bytes`) ----------
+
+/// An `Arc`'s strong and weak counts, in front of its value.
+const ARC_HEADER: usize = 2 * size_of::<usize>();
+
+/// A `HashMap`'s table for a reported capacity (hashbrown: a power-of-two number of
+/// buckets holding 7/8 of it, one control byte per bucket plus a 16-byte group).
+fn hash_table_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0;
     }
+    let buckets = if capacity < 8 {
+        (capacity + 1).next_power_of_two()
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    (buckets * size_of::<T>()).next_multiple_of(16) + buckets + 16
+}
+
+/// A `BTreeMap`'s nodes. Every node is allocated at full size (11 slots) however few
+/// entries it holds: a map of up to 11 entries is one leaf; bigger maps are estimated
+/// at two thirds occupancy.
+fn btree_node_bytes<K, V>(len: usize) -> usize {
+    const SLOTS: usize = 11;
+    if len == 0 {
+        return 0;
+    }
+    // Parent pointer, parent index and length, then the keys and values.
+    let leaf = (size_of::<usize>() + 4 + SLOTS * (size_of::<K>() + size_of::<V>()))
+        .next_multiple_of(align_of::<usize>());
+    if len <= SLOTS {
+        return leaf;
+    }
+    let leaves = len.div_ceil(SLOTS * 2 / 3);
+    let internal = leaf + (SLOTS + 1) * size_of::<usize>();
+    leaves * leaf + leaves.div_ceil(SLOTS * 2 / 3) * internal
+}
+
+fn labels_heap_bytes(labels: &Labels) -> usize {
+    btree_node_bytes::<String, String>(labels.len())
+        + labels
+            .iter()
+            .map(|(k, v)| k.capacity() + v.capacity())
+            .sum::<usize>()
+}
+
+fn pod_heap_bytes(p: &Pod) -> usize {
+    p.namespace.capacity()
+        + p.name.capacity()
+        + p.uid.as_ref().map_or(0, String::capacity)
+        + p.node.as_ref().map_or(0, String::capacity)
+        + labels_heap_bytes(&p.labels)
+        + p.ips.capacity() * size_of::<IpAddr>()
+        + p.ports.capacity() * size_of::<crate::model::ContainerPort>()
+        + p.ports
+            .iter()
+            .map(|c| c.name.as_ref().map_or(0, String::capacity))
+            .sum::<usize>()
+}
+
+/// A selector's heap, from its text (its expressions are private to the model):
+/// the expression vector, the key and value strings, and a set node per `in`/`notin`.
+fn selector_heap_bytes(sel: &Selector) -> usize {
+    if sel.selects_all() {
+        return 0;
+    }
+    let text = sel.to_string();
+    let (mut exprs, mut depth, mut chars) = (1, 0usize, 0);
+    let mut sets = 0;
+    for c in text.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                sets += 1;
+            }
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => exprs += 1,
+            ',' | ' ' | '=' | '!' => {}
+            _ => chars += 1,
+        }
+    }
+    // The ` in ` / ` notin ` operator words are not stored.
+    chars -= text.matches(" in (").count() * 2 + text.matches(" notin (").count() * 5;
+    exprs * size_of::<kube_core::labels::Expression>()
+        + chars
+        + sets * btree_node_bytes::<String, ()>(1)
+}
+
+fn rules_heap_bytes(rules: &[Rule]) -> usize {
+    rules
+        .iter()
+        .map(|r| {
+            let peers = r.peers.as_ref().map_or(0, |ps| {
+                ps.capacity() * size_of::<Peer>()
+                    + ps.iter()
+                        .map(|p| match p {
+                            Peer::IpBlock(b) => b.except.capacity() * size_of::<ipnet::IpNet>(),
+                            Peer::Pods { namespaces, pods } => {
+                                pods.as_ref().map_or(0, selector_heap_bytes)
+                                    + match namespaces {
+                                        NamespaceScope::Own => 0,
+                                        NamespaceScope::Selected(s) => selector_heap_bytes(s),
+                                    }
+                            }
+                        })
+                        .sum::<usize>()
+            });
+            let ports = r.ports.as_ref().map_or(0, |ps| {
+                ps.capacity() * size_of::<crate::model::PortMatch>()
+                    + ps.iter()
+                        .map(|p| match &p.port {
+                            crate::model::PortSpec::Named(n) => n.capacity(),
+                            _ => 0,
+                        })
+                        .sum::<usize>()
+            });
+            peers + ports
+        })
+        .sum()
+}
+
+fn policy_heap_bytes(p: &NetworkPolicy) -> usize {
+    p.namespace.capacity()
+        + p.name.capacity()
+        + p.pod_selector.as_ref().map_or(0, selector_heap_bytes)
+        + [&p.ingress, &p.egress]
+            .into_iter()
+            .flatten()
+            .map(|rules| rules.capacity() * size_of::<Rule>() + rules_heap_bytes(rules))
+            .sum::<usize>()
+        + ARC_HEADER
+        + size_of_val::<[crate::model::FieldError]>(&p.errors)
+        + p.errors
+            .iter()
+            .map(|e| e.field.capacity() + e.message.capacity())
+            .sum::<usize>()
 }

@@ -28,9 +28,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::audit;
+use crate::metrics::{BytesLabels, ConnLabels, Metrics};
 use crate::net::{ClientAddr, OrigDst, connect_upstream, transparent_listener};
 use crate::packet::FlowKey;
-use crate::relay::{RelayOptions, relay_until};
+use crate::relay::{End, RelayOptions, Side, relay_until};
 use crate::verdict::{Action, VerdictConfig, run_queue};
 
 /// Errors that stop the datapath.
@@ -68,6 +70,12 @@ pub struct Options {
     pub node: Option<String>,
     /// Remove the rules on exit (`netward run` does; a DaemonSet keeps them to fail closed).
     pub cleanup_on_exit: bool,
+    /// Where audit records go.
+    pub audit: audit::Sink,
+    /// Also write an `open` record when an allowed TCP connection starts.
+    pub audit_open: bool,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for Options {
@@ -79,6 +87,9 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             node: None,
             cleanup_on_exit: true,
+            audit: audit::Sink::disabled(),
+            audit_open: false,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -109,14 +120,140 @@ pub struct NodeDecision {
     pub enforced: Enforced,
     /// Whether this node lets it through.
     pub allowed: bool,
-    /// The snapshot generation that decided.
-    pub generation: u64,
+    /// The snapshot that decided (its ids name the policies in `decision`).
+    pub snapshot: Arc<Snapshot>,
 }
 
 impl NodeDecision {
     /// The decision with names (policy and rule), for logs and the audit record.
-    pub fn report(&self, snap: &Snapshot) -> DecisionReport {
-        DecisionReport::new(snap, &self.flow, &self.decision)
+    pub fn report(&self) -> DecisionReport {
+        DecisionReport::new(&self.snapshot, &self.flow, &self.decision)
+    }
+
+    /// The audit record of this decision for the flow `key`.
+    pub fn audit(
+        &self,
+        event: &str,
+        key: &FlowKey,
+        service: Option<audit::ServiceRef>,
+    ) -> audit::Record {
+        audit::record(
+            &self.snapshot,
+            event,
+            &self.report(),
+            self.enforced.as_str(),
+            key.protocol,
+            (&self.flow.src, key.src),
+            (&self.flow.dst, key.dst),
+            service,
+        )
+    }
+}
+
+impl NodeDecision {
+    /// The labels of `netward_connections_total` for this decision: the deciding policy
+    /// is the allowing rule's policy, or for a denial the first isolating policy of the
+    /// side that denied it (ingress first), or `none`.
+    pub fn metric_labels(&self, protocol: Protocol) -> ConnLabels {
+        use netward_controller::Side;
+        let sides = [
+            (
+                &self.decision.ingress,
+                matches!(self.enforced, Enforced::Ingress | Enforced::Both),
+            ),
+            (
+                &self.decision.egress,
+                matches!(self.enforced, Enforced::Egress | Enforced::Both),
+            ),
+        ];
+        let mut policy = None;
+        for (side, enforced) in sides {
+            if !enforced {
+                continue;
+            }
+            let name = match side {
+                Side::Denied { isolated_by } if !self.allowed => isolated_by.first(),
+                Side::AuditDenied {
+                    would_be_isolated_by,
+                } => would_be_isolated_by.first(),
+                Side::Allowed { policy, .. } if self.allowed => Some(policy),
+                _ => None,
+            };
+            if let Some(id) = name {
+                policy = Some(self.snapshot.policy(*id).key());
+                if !self.allowed {
+                    break;
+                }
+            }
+        }
+        ConnLabels {
+            verdict: self.report_verdict().to_owned(),
+            protocol: protocol.as_str().to_owned(),
+            direction: self.enforced.as_str().to_owned(),
+            policy: policy.unwrap_or_else(|| "none".to_owned()),
+        }
+    }
+
+    fn report_verdict(&self) -> &'static str {
+        if !self.allowed {
+            "deny"
+        } else if matches!(
+            self.decision.verdict(),
+            netward_controller::Verdict::AuditAllow
+        ) {
+            "audit-allow"
+        } else {
+            "allow"
+        }
+    }
+}
+
+/// Queued packets recognised as retransmissions of a flow just denied (not counted again).
+pub static RETRANSMISSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Recently denied 5-tuples: a client retransmits its SYN (Linux: after 1, 3, 7, ... 127 s),
+/// and each retransmission is queued again; it is the same attempt, counted and audited once.
+struct RecentDenials {
+    map: Mutex<HashMap<(Protocol, SocketAddr, SocketAddr), Instant>>,
+}
+
+/// Longer than Linux's whole SYN retry schedule (tcp_syn_retries = 6: 127 s).
+const RETRANSMIT_WINDOW: Duration = Duration::from_secs(130);
+const RECENT_MAX: usize = 1 << 17;
+
+impl RecentDenials {
+    fn is_retransmission(&self, key: &FlowKey) -> bool {
+        let Ok(mut map) = self.map.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let k = (key.protocol, key.src, key.dst);
+        if map
+            .get(&k)
+            .is_some_and(|t| now.duration_since(*t) < RETRANSMIT_WINDOW)
+        {
+            return true;
+        }
+        if map.len() >= RECENT_MAX {
+            map.retain(|_, t| now.duration_since(*t) < RETRANSMIT_WINDOW);
+            if map.len() >= RECENT_MAX {
+                map.clear();
+            }
+        }
+        map.insert(k, now);
+        false
+    }
+}
+
+impl Enforced {
+    /// The audit log's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Enforced::Egress => "egress",
+            Enforced::Ingress => "ingress",
+            Enforced::Both => "both",
+            Enforced::None => "none",
+        }
     }
 }
 
@@ -157,7 +294,7 @@ fn is_local(pod: &netward_controller::model::Pod, node: Option<&str>) -> bool {
 }
 
 /// Decides a flow for a node: the engine's one evaluation, then the sides this node owns.
-pub fn decide(snap: &Snapshot, node: Option<&str>, key: &FlowKey) -> NodeDecision {
+pub fn decide(snap: &Arc<Snapshot>, node: Option<&str>, key: &FlowKey) -> NodeDecision {
     let flow = Flow {
         src: snap.endpoint_for_ip(key.src.ip()),
         dst: snap.endpoint_for_ip(key.dst.ip()),
@@ -174,14 +311,18 @@ pub fn decide(snap: &Snapshot, node: Option<&str>, key: &FlowKey) -> NodeDecisio
         (false, true) => Enforced::Ingress,
         (false, false) => Enforced::None,
     };
-    let allowed =
-        (!src_local || decision.egress.allows()) && (!dst_local || decision.ingress.allows());
+    // Fail closed before the source has seen the whole cluster (`Snapshot::not_ready`,
+    // published by `netward node` until its watchers' initial lists complete): an empty
+    // snapshot would otherwise allow everything.
+    let allowed = snap.is_ready()
+        && (!src_local || decision.egress.allows())
+        && (!dst_local || decision.ingress.allows());
     NodeDecision {
         flow,
         decision,
         enforced,
         allowed,
-        generation: snap.generation(),
+        snapshot: snap.clone(),
     }
 }
 
@@ -271,10 +412,10 @@ async fn serve(
             mark_mask: opts.rules.marks.mask,
             queue_maxlen: 8192,
         };
-        let reject = opts.reject;
+        let (reject, audit, metrics) = (opts.reject, opts.audit.clone(), opts.metrics.clone());
         std::thread::Builder::new()
             .name("netward-verdict".into())
-            .spawn(move || verdict_loop(&cfg, &policy, &pending, &stop, reject))
+            .spawn(move || verdict_loop(&cfg, &policy, &pending, &stop, reject, &audit, &metrics))
             .map_err(|source| Error::Listen {
                 addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.rules.tcp_port)),
                 source,
@@ -311,13 +452,17 @@ async fn serve(
         reject = opts.reject,
         "datapath ready"
     );
+    opts.metrics.published(&policy.snapshot());
+    opts.metrics.ready.store(true, Ordering::Relaxed);
 
     // Follow pod IP changes: only the local sets and the queue chain are rewritten.
     let mut rx = policy.snapshots.clone();
     let runner = CommandRunner::new();
     let follow = async {
         while rx.changed().await.is_ok() {
-            let ips = local_ips(&rx.borrow_and_update(), opts.node.as_deref());
+            let snap = rx.borrow_and_update().clone();
+            opts.metrics.published(&snap);
+            let ips = local_ips(&snap, opts.node.as_deref());
             let mut next = ruleset.clone();
             next.set_local(ips);
             if next.local_v4() != ruleset.local_v4() || next.local_v6() != ruleset.local_v6() {
@@ -355,28 +500,61 @@ fn verdict_loop(
     pending: &Pending,
     stop: &AtomicBool,
     reject: bool,
+    audit: &audit::Sink,
+    metrics: &Metrics,
 ) {
+    let recent = RecentDenials {
+        map: Mutex::new(HashMap::new()),
+    };
     let decide = |key: &FlowKey| -> Action {
+        let started = Instant::now();
         let d = policy.decide(key);
+        metrics
+            .verdict_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if !d.allowed && recent.is_retransmission(key) {
+            RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+            return if reject { Action::Reject } else { Action::Drop };
+        }
+        metrics
+            .connections
+            .get_or_create(&d.metric_labels(key.protocol))
+            .inc();
         if d.allowed {
             if key.protocol == Protocol::Tcp {
                 pending.insert((key.src, key.dst), d);
             } else {
+                // UDP and SCTP: the kernel forwards the flow; this is its one record.
+                if audit.enabled() {
+                    audit.send(audit::Event::Record(Box::new(d.audit("flow", key, None))));
+                }
                 debug!(protocol = %key.protocol, src.addr = %key.src, dst.addr = %key.dst, "flow allowed");
             }
             Action::Accept
         } else {
-            let snap = policy.snapshot();
-            let report = d.report(&snap);
-            info!(
-                protocol = %key.protocol,
-                src.addr = %key.src,
-                dst.addr = %key.dst,
-                enforced = ?d.enforced,
-                egress = %report.egress.describe(netward_controller::Direction::Egress),
-                ingress = %report.ingress.describe(netward_controller::Direction::Ingress),
-                "flow denied"
-            );
+            // One event per queued first packet (SYN retransmits included); the audit
+            // writer deduplicates and aggregates them. Logged at debug only: a flood
+            // must not turn into synchronous log writes on this thread.
+            if audit.enabled() {
+                let (key, d) = (*key, d.clone());
+                audit.send(audit::Event::Deny(audit::Deny {
+                    key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
+                    at: std::time::SystemTime::now(),
+                    make: Box::new(move || d.audit("deny", &key, None)),
+                }));
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let report = d.report();
+                debug!(
+                    protocol = %key.protocol,
+                    src.addr = %key.src,
+                    dst.addr = %key.dst,
+                    enforced = d.enforced.as_str(),
+                    egress = %report.egress.describe(netward_controller::Direction::Egress),
+                    ingress = %report.ingress.describe(netward_controller::Direction::Ingress),
+                    "flow denied"
+                );
+            }
             if reject { Action::Reject } else { Action::Drop }
         }
     };
@@ -442,22 +620,52 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         .pending
         .take(&(peer, orig))
         .unwrap_or_else(|| ctx.policy.decide(&key));
+    let audit = &ctx.opts.audit;
     if !decision.allowed {
         debug!("denied at accept (the snapshot changed since the SYN)");
+        if audit.enabled() {
+            let d = decision.clone();
+            audit.send(audit::Event::Deny(audit::Deny {
+                key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
+                at: std::time::SystemTime::now(),
+                make: Box::new(move || d.audit("deny", &key, None)),
+            }));
+        }
         reset(&client);
         return;
+    }
+    let service = if audit.enabled() {
+        service_of(&client, orig, &decision.snapshot)
+    } else {
+        None
+    };
+    if ctx.opts.audit_open {
+        audit.send(audit::Event::Record(Box::new(decision.audit(
+            "open",
+            &key,
+            service.clone(),
+        ))));
     }
     let mark = Some(ctx.opts.rules.marks.bypass);
     // Keep the client's address, except for a pod reaching itself through a Service
     // (hairpin): a packet from its own address would be dropped by the pod's kernel as
     // martian, so it comes from the node, as kube-proxy's hairpin masquerade does.
     let src = (peer.ip() != orig.ip()).then_some(ClientAddr(peer));
+    let started = std::time::Instant::now();
     let upstream = match connect_upstream(OrigDst(orig), src, mark, ctx.opts.connect_timeout).await
     {
         Ok(u) => u,
         Err(e) => {
-            info!(error = %e, "upstream connect failed");
+            debug!(error = %e, "upstream connect failed");
             reset(&client);
+            if audit.enabled() {
+                let mut r = decision.audit("close", &key, service);
+                r.bytes = Some(audit::Bytes::default());
+                r.duration_ms = Some(millis(started.elapsed()));
+                r.closed_by = Some("server".to_owned());
+                r.close = Some("error".to_owned());
+                audit.send(audit::Event::Record(Box::new(r)));
+            }
             return;
         }
     };
@@ -477,14 +685,83 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
             }
         }
     };
-    match relay_until(client, upstream, &ctx.opts.relay, revoke).await {
-        Ok(out) => info!(
-            bytes.to_upstream = out.client_to_upstream,
-            bytes.to_client = out.upstream_to_client,
-            duration_ms = u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX),
-            end = %out.end,
-            "connection closed"
-        ),
-        Err(e) => info!(error = %e, "connection failed"),
+    let metrics = &ctx.opts.metrics;
+    metrics.active.inc();
+    let relayed = relay_until(client, upstream, &ctx.opts.relay, revoke).await;
+    metrics.active.dec();
+    let (outcome, failed) = match relayed {
+        Ok(out) => (out, None),
+        Err(e) => (*e.outcome(), Some(e.side())),
+    };
+    for (dir, n) in [
+        ("to_server", outcome.client_to_upstream),
+        ("to_client", outcome.upstream_to_client),
+    ] {
+        metrics
+            .bytes
+            .get_or_create(&BytesLabels {
+                direction: dir.to_owned(),
+            })
+            .inc_by(n);
     }
+    debug!(
+        bytes.to_upstream = outcome.client_to_upstream,
+        bytes.to_client = outcome.upstream_to_client,
+        duration_ms = millis(outcome.duration),
+        end = %outcome.end,
+        "connection closed"
+    );
+    if audit.enabled() {
+        let mut r = decision.audit("close", &key, service);
+        r.bytes = Some(audit::Bytes {
+            to_server: outcome.client_to_upstream,
+            to_client: outcome.upstream_to_client,
+        });
+        r.duration_ms = Some(millis(outcome.duration));
+        let side = |s: Side| {
+            if s == Side::Client {
+                "client"
+            } else {
+                "server"
+            }
+        };
+        let (by, how) = match (outcome.end, failed) {
+            (_, Some(s)) => (side(s), "error"),
+            (End::Fin { first }, None) => (side(first), "fin"),
+            (End::Rst { side: s }, None) => (side(s), "rst"),
+            (End::Error { side: s }, None) => (side(s), "error"),
+            (End::IdleTimeout, None) => ("netward", "idle-timeout"),
+            (End::Revoked, None) => ("netward", "revoked"),
+        };
+        r.closed_by = Some(by.to_owned());
+        r.close = Some(how.to_owned());
+        audit.send(audit::Event::Record(Box::new(r)));
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The Service the client addressed, if the service proxy's DNAT rewrote the
+/// destination: conntrack's original destination (SO_ORIGINAL_DST) differs from ours.
+fn service_of(client: &TcpStream, orig: SocketAddr, snap: &Snapshot) -> Option<audit::ServiceRef> {
+    let sock = socket2::SockRef::from(client);
+    let before = if orig.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    };
+    let before = before.ok()?.as_socket()?;
+    if before == orig {
+        return None;
+    }
+    Some(audit::ServiceRef {
+        name: snap
+            .service_for_ip(before.ip())
+            .map(|s| s.key())
+            .unwrap_or_default(),
+        ip: before.ip().to_string(),
+        port: before.port(),
+    })
 }

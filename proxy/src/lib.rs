@@ -5,9 +5,13 @@
 #[allow(unsafe_code)]
 mod sys;
 
+pub mod admin;
+pub mod audit;
 pub mod datapath;
 pub mod lab;
+pub mod metrics;
 pub mod net;
 pub mod packet;
 pub mod relay;
+pub mod review;
 pub mod verdict;

@@ -43,6 +43,8 @@ enum Command {
     Matrix(cmd::offline::MatrixArgs),
     /// Explain whether a connection is allowed, with both sides' reasons.
     Explain(cmd::offline::ExplainArgs),
+    /// Review the audit log: filter, aggregate the top denied flows, suggest policies.
+    Audit(cmd::audit::AuditArgs),
     /// Enforce the policies of manifest files on this network namespace's traffic.
     Run(cmd::run::RunArgs),
     /// Remove every rule, ip rule and route netward installed (after a crash).
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Matrix(args) => cmd::offline::matrix(&args),
         Command::Explain(args) => cmd::offline::explain(&args),
+        Command::Audit(args) => cmd::audit::audit(&args),
         Command::Run(args) => cmd::run::run(&args),
         Command::Cleanup(args) => cmd::run::cleanup(&args),
         Command::Node(args) => cmd::node::node(&args),

@@ -45,7 +45,7 @@ pub(crate) fn flow(snap: &Snapshot, from: &str, to: &str, protocol: Protocol, po
 /// `not-pod`, `exempt:self-traffic`, `audit-denied:ns/p`.
 pub(crate) fn side(snap: &Snapshot, s: &Side) -> String {
     let r = SideReport::new(snap, s, None);
-    match r.result {
+    match r.result.as_str() {
         "allowed" => {
             let a = r.allowed_by.unwrap();
             format!("allowed:{}[{}]", a.policy, a.rule)

@@ -1,5 +1,6 @@
 //! Subcommand implementations.
 
+pub(crate) mod audit;
 pub(crate) mod lab;
 pub(crate) mod node;
 pub(crate) mod offline;

@@ -10,7 +10,9 @@ use clap::Args;
 use netward_controller::{Manifests, Snapshot, load};
 use netward_iptables::{CommandRunner, Config as RulesConfig};
 use netward_proxy::datapath::{self, Options};
+use netward_proxy::metrics::Metrics;
 use netward_proxy::relay::RelayOptions;
+use netward_proxy::{admin, audit};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -31,9 +33,22 @@ pub(crate) struct RunArgs {
     /// Refuse denied TCP connections with a reset instead of dropping their SYN.
     #[arg(long)]
     reject: bool,
-    /// Audit log file (JSON lines).
+    /// Audit log: a file (rotated by size), `-` for stdout, or `none`.
+    #[arg(long, default_value = "-")]
+    audit_log: String,
+    /// Rotate the audit log file when it would pass this many bytes.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    audit_max_bytes: u64,
+    /// Rotated audit log files to keep (FILE.1 ... FILE.N).
+    #[arg(long, default_value_t = 5)]
+    audit_keep: usize,
+    /// Also write an `open` record when an allowed TCP connection starts.
     #[arg(long)]
-    audit_log: Option<PathBuf>,
+    audit_open: bool,
+    /// Denied attempts between the same source IP, destination IP and port within this
+    /// many seconds are aggregated into one record with a count.
+    #[arg(long, default_value_t = 10)]
+    audit_deny_window_secs: u64,
     /// Port of the transparent TCP listener.
     #[arg(long, default_value_t = netward_iptables::config::TPROXY_PORT)]
     tproxy_port: u16,
@@ -49,6 +64,9 @@ pub(crate) struct RunArgs {
     /// Keep the interception rules installed on exit (fail closed until the next start).
     #[arg(long)]
     keep_rules: bool,
+    /// Address of the admin server (/metrics, /healthz, /readyz, /debug/snapshot); `none` to disable.
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    admin_addr: String,
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     reload_ms: u64,
@@ -122,9 +140,32 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         eprintln!("netward: error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
-    if args.audit_log.is_some() {
-        warn!("--audit-log is not implemented yet; connection records go to the log");
-    }
+    let audit_output = match args.audit_log.as_str() {
+        "none" => None,
+        "-" => Some(audit::Output::Stdout),
+        path => Some(audit::Output::File {
+            path: PathBuf::from(path),
+            max_bytes: args.audit_max_bytes,
+            keep: args.audit_keep,
+        }),
+    };
+    let (sink, writer) = match audit_output {
+        None => (audit::Sink::disabled(), None),
+        Some(output) => {
+            let cfg = audit::Config {
+                output,
+                deny_window: Duration::from_secs(args.audit_deny_window_secs),
+                ..audit::Config::default()
+            };
+            match audit::start(cfg, args.node.as_deref()) {
+                Ok((sink, writer)) => (sink, Some(writer)),
+                Err(e) => {
+                    eprintln!("netward: error: --audit-log {}: {e}", args.audit_log);
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    };
     let manifests = match load_manifests(&args.manifests) {
         Ok(m) => m,
         Err(errors) => {
@@ -138,6 +179,26 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
     let snap = Snapshot::compile(&manifests.cluster);
     info!(manifests = %manifests, node = args.node.as_deref().unwrap_or("(all pods)"), "policy loaded");
     let (tx, rx) = watch::channel(Arc::new(snap));
+    let metrics = Arc::new(Metrics::default());
+    if args.admin_addr != "none" {
+        let addr: std::net::SocketAddr = match args.admin_addr.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!(
+                    "netward: error: --admin-addr {:?}: {e} (expected IP:PORT or none)",
+                    args.admin_addr
+                );
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        match admin::start(addr, metrics.clone(), rx.clone()) {
+            Ok(bound) => info!(admin.addr = %bound, "admin server listening"),
+            Err(e) => {
+                eprintln!("netward: error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
 
     let opts = Options {
         rules,
@@ -149,6 +210,9 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         },
         node: args.node.clone(),
         cleanup_on_exit: !args.keep_rules,
+        audit: sink,
+        audit_open: args.audit_open,
+        metrics: metrics.clone(),
         ..Options::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +227,7 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    metrics.watch_runtime(runtime.handle());
     let paths = args.manifests.clone();
     let reload_every = Duration::from_millis(args.reload_ms.max(50));
     let result = runtime.block_on(async move {
@@ -185,6 +250,9 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
                         let _ = tx.send(Arc::new(snap));
                     }
                     Err(errors) => {
+                        metrics
+                            .reload_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         for e in &errors {
                             error!(error = %e, "manifests unreadable: keeping the previous policy");
                         }
@@ -200,6 +268,15 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
             () = reload => Ok(()),
         }
     });
+    // Every task holding an audit sink is gone with the runtime: the writer flushes the
+    // pending aggregates and ends. Bounded wait.
+    drop(runtime);
+    if let Some(w) = writer {
+        let start = std::time::Instant::now();
+        while !w.is_finished() && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,491 @@
+//! Datapath benchmark: the same workloads through direct kernel forwarding, netward
+//! (splice), HAProxy (transparent, spliced) and netward's copy loop, interleaved, in a
+//! lab node with a client pod and a server pod. See `benches/README.md` ("Datapath").
+//!
+//! Needs root (network namespaces, nftables, iptables), `iperf3` and `haproxy` (installed
+//! with apt when missing), and a release build of `netward` next to this binary.
+
+mod manifests;
+mod paths;
+mod procfs;
+mod report;
+mod servers;
+mod stats;
+mod work;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use netward_e2e::Lab;
+use netward_proxy::lab::netns::Netns;
+
+use crate::manifests::{CLIENT, SERVER, SERVER_IP};
+use crate::paths::{Env, PathKind, Proxy};
+use crate::servers::{ECHO_PORT, HOLD_PORT, Iperf, RR_PORT, Servers};
+use crate::work::Amount;
+
+/// Datapath benchmark (root): direct vs netward vs HAProxy vs netward --no-splice.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "netward-datapath-bench")]
+struct Args {
+    /// Tiny sizes, one round: only check that every path moved the bytes correctly.
+    #[arg(long)]
+    smoke: bool,
+    /// Rounds; each runs every path once, in order (A B C D E A B C D E ...).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Paths to run, comma-separated (direct is always run first: it is the reference).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,netward,haproxy,copy,netward-scale"
+    )]
+    paths: Vec<String>,
+    /// iperf3 seconds per bulk run.
+    #[arg(long, default_value_t = 3)]
+    bulk_secs: u32,
+    /// Connections per connection-rate run.
+    #[arg(long, default_value_t = 3000)]
+    conns: usize,
+    /// Concurrent connections in the connection-rate run.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Round trips per persistent-connection latency run.
+    #[arg(long, default_value_t = 20_000)]
+    pings: usize,
+    /// New connections per new-connection latency run.
+    #[arg(long, default_value_t = 2000)]
+    new_conns: usize,
+    /// Idle connections held for the memory figures (a proxy needs up to 6 descriptors
+    /// each: the default fits a hard RLIMIT_NOFILE of 20,000).
+    #[arg(long, default_value_t = 3000)]
+    idle: usize,
+    /// The `netward` binary (default: next to this one).
+    #[arg(long)]
+    netward: Option<PathBuf>,
+    /// Where to write `<date>-<commit>.md` and `.json` (default: benches/results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not write result files (print the table only).
+    #[arg(long)]
+    no_write: bool,
+}
+
+/// The sizes of one run of every workload.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+struct Sizes {
+    check_bytes: u64,
+    bulk: Amount,
+    conns: usize,
+    concurrency: usize,
+    ping_warmup: usize,
+    pings: usize,
+    new_conns: usize,
+    idle: usize,
+}
+
+impl serde::Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Amount::Seconds(v) => s.serialize_str(&format!("{v} s")),
+            Amount::Bytes(v) => s.serialize_str(&format!("{v} B")),
+        }
+    }
+}
+
+impl Sizes {
+    fn of(args: &Args) -> Sizes {
+        if args.smoke {
+            Sizes {
+                check_bytes: 4 << 20,
+                bulk: Amount::Bytes(8 << 20),
+                conns: 200,
+                concurrency: 16,
+                ping_warmup: 20,
+                pings: 200,
+                new_conns: 50,
+                idle: 200,
+            }
+        } else {
+            Sizes {
+                check_bytes: 32 << 20,
+                bulk: Amount::Seconds(args.bulk_secs),
+                conns: args.conns,
+                concurrency: args.concurrency,
+                ping_warmup: 1000,
+                pings: args.pings,
+                new_conns: args.new_conns,
+                idle: args.idle,
+            }
+        }
+    }
+}
+
+/// The figures of one path in one round, by metric id.
+type Metrics = BTreeMap<&'static str, f64>;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netward-datapath-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = ["iperf3", "haproxy", "nft", "ss"]
+        .into_iter()
+        .filter(|t| which(t).is_none())
+        .collect();
+    let packages: Vec<&str> = missing
+        .iter()
+        .map(|t| match *t {
+            "nft" => "nftables",
+            "ss" => "iproute2",
+            other => other,
+        })
+        .collect();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    eprintln!("installing {}", packages.join(" "));
+    let status = std::process::Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    ensure!(
+        status.success(),
+        "apt-get install {} failed",
+        packages.join(" ")
+    );
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(tool))
+            .find(|f| f.is_file())
+    })
+}
+
+fn netward_bin(args: &Args) -> Result<PathBuf> {
+    let bin = match &args.netward {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for the bench binary")?
+            .join("netward"),
+    };
+    ensure!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --release -p netward-proxy --bin netward` (or pass --netward)",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+fn run(args: &Args) -> Result<()> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "needs root (network namespaces, nftables, iptables)"
+    );
+    let started = Instant::now();
+    ensure_tools()?;
+    let netward = netward_bin(args)?;
+    let mut kinds: Vec<PathKind> = args
+        .paths
+        .iter()
+        .map(|p| PathKind::parse(p))
+        .collect::<Result<_>>()?;
+    kinds.retain(|k| *k != PathKind::Direct);
+    kinds.insert(0, PathKind::Direct);
+    let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
+    let sizes = Sizes::of(args);
+    // Idle connections hold two sockets each here (client and server) and up to six
+    // descriptors each in a proxy (two sockets, two pipes); the proxies inherit the limit.
+    // Raising the hard limit needs CAP_SYS_RESOURCE, so only the soft one is raised.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .context("raising RLIMIT_NOFILE")?;
+    let needed = sizes.idle as u64 * 6 + 200;
+    ensure!(
+        needed <= hard,
+        "--idle {} needs {needed} descriptors in a proxy (6 per connection) but the hard \
+         RLIMIT_NOFILE is {hard}: lower --idle or raise `ulimit -Hn`",
+        sizes.idle
+    );
+    netward_proxy::lab::netns::sweep_stale();
+    let machine = report::Machine::probe();
+    eprintln!(
+        "datapath bench: {} round(s) × {:?}, {}; {}",
+        rounds,
+        kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        if args.smoke { "smoke" } else { "full" },
+        machine.summary()
+    );
+
+    let base = manifests::base();
+    let lab = Lab::single_node(&[("00-bench.yaml", &base)]);
+    let workdir = tempfile::tempdir()?;
+    let scale_dir = workdir.path().join("scale-manifests");
+    std::fs::create_dir(&scale_dir)?;
+    for entry in std::fs::read_dir(lab.dir.path())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), scale_dir.join(entry.file_name()))?;
+    }
+    std::fs::write(scale_dir.join("50-scale.yaml"), manifests::scale())?;
+
+    let node = lab.node();
+    let client = lab.pod(CLIENT);
+    let server = lab.pod(SERVER);
+    let sysctls = "sysctl -qw net.ipv4.tcp_tw_reuse=1 'net.ipv4.ip_local_port_range=20000 65000'";
+    node.sh(sysctls)?;
+    client.sh(sysctls)?;
+    let bench_servers = Servers::start(server)?;
+    let iperf_server = Iperf::start(server, &workdir.path().join("iperf3-server.log"))?;
+    let env = Env {
+        node,
+        netward: &netward,
+        manifests: lab.dir.path(),
+        scale_manifests: &scale_dir,
+        workdir: workdir.path(),
+    };
+
+    let mut results: Vec<(PathKind, usize, Result<Metrics, String>)> = Vec::new();
+    for round in 0..rounds {
+        for &kind in &kinds {
+            let t = Instant::now();
+            let r = run_path(kind, &env, client, &sizes, workdir.path());
+            match &r {
+                Ok(m) => eprintln!(
+                    "round {}/{rounds} {:<14} {:>5.1} s  {}",
+                    round + 1,
+                    kind.name(),
+                    t.elapsed().as_secs_f64(),
+                    brief(m)
+                ),
+                Err(e) => eprintln!(
+                    "round {}/{rounds} {:<14} FAILED: {e:#}",
+                    round + 1,
+                    kind.name()
+                ),
+            }
+            if args.smoke
+                && let Err(e) = r
+            {
+                return Err(e.context(format!("smoke: path {}", kind.name())));
+            }
+            results.push((kind, round, r.map_err(|e| format!("{e:#}"))));
+            reset_node(node)?;
+        }
+    }
+    drop(iperf_server);
+    drop(bench_servers);
+    let elapsed = started.elapsed();
+    let failures = results.iter().filter(|r| r.2.is_err()).count();
+    if args.smoke {
+        eprintln!(
+            "smoke: every path moved every byte correctly ({} paths, {:.1} s)",
+            kinds.len(),
+            elapsed.as_secs_f64()
+        );
+        return Ok(());
+    }
+    let rep = report::Report::new(machine, &sizes, rounds, &kinds, &results, elapsed);
+    let md = rep.markdown();
+    println!("{md}");
+    if !args.no_write {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../results"));
+        std::fs::create_dir_all(&out)?;
+        let stem = format!("{}-{}", rep.date_stem(), rep.commit_short());
+        let md_path = out.join(format!("{stem}.md"));
+        let json_path = out.join(format!("{stem}.json"));
+        std::fs::write(&md_path, &md)?;
+        std::fs::write(&json_path, serde_json::to_string_pretty(&rep.json())?)?;
+        eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    }
+    if failures > 0 {
+        bail!("{failures} path run(s) failed (see the table)");
+    }
+    Ok(())
+}
+
+/// A one-line summary of a path's run, for the progress log.
+fn brief(m: &Metrics) -> String {
+    let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
+    format!(
+        "bulk1 {:.1} Gb/s, bulk8 {:.1} Gb/s, {:.0} conn/s, p99 {:.0} µs, new p50 {:.0} µs, idle rss {:.0} B/conn",
+        g("bulk1_gbps"),
+        g("bulk8_gbps"),
+        g("conn_rate"),
+        g("pp_p99"),
+        g("new_p50"),
+        g("idle_rss_per_conn")
+    )
+}
+
+/// Every workload through one path: start the proxy, check, measure, stop it.
+fn run_path(
+    kind: PathKind,
+    env: &Env<'_>,
+    client: &Netns,
+    sizes: &Sizes,
+    workdir: &Path,
+) -> Result<Metrics> {
+    let mut m = Metrics::new();
+    let t = Instant::now();
+    let mut proxy = Proxy::start(kind, env)?;
+    m.insert("startup_s", t.elapsed().as_secs_f64());
+    let server_ip = SERVER_IP.parse().context("server address")?;
+    let echo = SocketAddr::new(server_ip, ECHO_PORT);
+
+    // Correctness first: one stream and eight, checksummed both ways.
+    let moved = work::checked_echo(client, echo, 1, sizes.check_bytes)
+        .and_then(|a| Ok(a + work::checked_echo(client, echo, 8, sizes.check_bytes / 8)?))
+        .with_context(|| format!("{}: checksummed echo", kind.name()))?;
+    m.insert("checked_bytes", moved as f64);
+
+    for (streams, id, cpu_id) in [
+        (1, "bulk1_gbps", "bulk1_cpu_s_per_gb"),
+        (8, "bulk8_gbps", "bulk8_cpu_s_per_gb"),
+    ] {
+        let cpu0 = proxy.cpu_seconds();
+        let out = workdir.join(format!("iperf-{}-{streams}.json", kind.name()));
+        let b = work::iperf(client, SERVER_IP, streams, sizes.bulk, &out)
+            .with_context(|| format!("{}: iperf3 -P {streams}", kind.name()))?;
+        m.insert(id, b.bits_per_second / 1e9);
+        if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
+            m.insert(cpu_id, (c1 - c0) / (b.bytes / 1e9));
+        }
+    }
+
+    let cpu0 = proxy.cpu_seconds();
+    let rate = work::conn_rate(
+        client,
+        SocketAddr::new(server_ip, RR_PORT),
+        sizes.conns,
+        sizes.concurrency,
+    )
+    .with_context(|| format!("{}: connection rate", kind.name()))?;
+    m.insert("conn_rate", rate);
+    if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
+        m.insert("conn_cpu_s_per_1k", (c1 - c0) / sizes.conns as f64 * 1000.0);
+    }
+
+    let mut pp = work::ping_pong(client, echo, sizes.ping_warmup, sizes.pings)
+        .with_context(|| format!("{}: ping-pong", kind.name()))?;
+    for (q, id) in [(0.5, "pp_p50"), (0.99, "pp_p99"), (0.999, "pp_p999")] {
+        if let Some(v) = stats::percentile(&mut pp, q) {
+            m.insert(id, v);
+        }
+    }
+    let mut nc = work::new_conn_latency(client, echo, sizes.new_conns)
+        .with_context(|| format!("{}: new-connection latency", kind.name()))?;
+    for (q, id) in [(0.5, "new_p50"), (0.99, "new_p99"), (0.999, "new_p999")] {
+        if let Some(v) = stats::percentile(&mut nc, q) {
+            m.insert(id, v);
+        }
+    }
+
+    idle_memory(&mut m, &proxy, env.node, client, sizes.idle, server_ip)
+        .with_context(|| format!("{}: idle connections", kind.name()))?;
+
+    proxy.stop()?;
+    Ok(m)
+}
+
+/// Memory at `n` idle established connections: the proxy's RSS and descriptors, socket
+/// memory in the node's namespace (`ss -m`), and the kernel's slab (whole machine).
+fn idle_memory(
+    m: &mut Metrics,
+    proxy: &Proxy,
+    node: &Netns,
+    client: &Netns,
+    n: usize,
+    server_ip: std::net::IpAddr,
+) -> Result<()> {
+    let settle = Duration::from_millis(500);
+    std::thread::sleep(settle);
+    let pid = proxy.pid();
+    let rss0 = pid.and_then(|p| procfs::status_bytes(p, "VmRSS"));
+    let anon0 = pid.and_then(|p| procfs::status_bytes(p, "RssAnon"));
+    let fds0 = pid.and_then(procfs::fd_counts);
+    let slab0 = procfs::meminfo_bytes("Slab");
+    let (_, sk0) = procfs::socket_memory(node);
+    let conns = work::open_idle(client, SocketAddr::new(server_ip, HOLD_PORT), n)?;
+    std::thread::sleep(settle);
+    let per = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some((b as f64 - a as f64) / n as f64),
+        _ => None,
+    };
+    let mut put = |id, v: Option<f64>| {
+        if let Some(v) = v {
+            m.insert(id, v);
+        }
+    };
+    put(
+        "idle_rss_per_conn",
+        per(rss0, pid.and_then(|p| procfs::status_bytes(p, "VmRSS"))),
+    );
+    put(
+        "idle_anon_per_conn",
+        per(anon0, pid.and_then(|p| procfs::status_bytes(p, "RssAnon"))),
+    );
+    put(
+        "idle_slab_per_conn",
+        per(slab0, procfs::meminfo_bytes("Slab")),
+    );
+    let (sockets, sk1) = procfs::socket_memory(node);
+    put(
+        "idle_skmem_per_conn",
+        Some((sk1 as f64 - sk0 as f64) / n as f64),
+    );
+    put("idle_node_sockets", Some(sockets as f64));
+    if let (Some(f0), Some(f1)) = (fds0, pid.and_then(procfs::fd_counts)) {
+        put(
+            "idle_fds_per_conn",
+            Some((f1.2 as f64 - f0.2 as f64) / n as f64),
+        );
+        put(
+            "idle_pipes_per_conn",
+            Some((f1.1 as f64 - f0.1 as f64) / n as f64),
+        );
+    }
+    if let Some(p) = pid {
+        put(
+            "idle_rss_total",
+            procfs::status_bytes(p, "VmRSS").map(|v| v as f64),
+        );
+    }
+    drop(conns);
+    // Let the proxy see every close before the next workload or path.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if procfs::socket_memory(node).0 == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("connections still established in the node 30 s after the clients closed")
+}
+
+/// Leaves the node with no rules at all, so that `direct` is plain forwarding (the
+/// proxies remove their own rules; iptables-nft leaves its empty builtin chains).
+fn reset_node(node: &Netns) -> Result<()> {
+    node.exec(&["nft", "flush", "ruleset"])?;
+    Ok(())
+}

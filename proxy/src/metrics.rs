@@ -1,0 +1,319 @@
+//! Prometheus metrics (`/metrics`), with bounded cardinality: labels carry verdicts,
+//! protocols, directions and policy names, never pod names or IPs.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `netward_connections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// `allow`, `deny`, `audit-allow`.
+    pub verdict: String,
+    /// `TCP`, `UDP`, `SCTP`.
+    pub protocol: String,
+    /// Sides enforced on this node: `egress`, `ingress`, `both`, `none`.
+    pub direction: String,
+    /// The deciding policy (`namespace/name`), `default-deny` (denied, no rule allows it:
+    /// the first isolating policy is in `isolating`), or `none` (not isolated).
+    pub policy: String,
+}
+
+/// Labels of `netward_bytes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    /// `to_server` or `to_client`.
+    pub direction: String,
+}
+
+/// Everything the datapath counts.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Flows decided (distinct attempts: SYN retransmissions are not counted again).
+    pub connections: Family<ConnLabels, Counter>,
+    /// Relayed TCP connections open now.
+    pub active: Gauge,
+    /// Bytes relayed.
+    pub bytes: Family<BytesLabels, Counter>,
+    /// Time to decide one queued first packet, in seconds.
+    pub verdict_seconds: Histogram,
+    /// Generation of the snapshot in force.
+    pub generation: AtomicU64,
+    /// Unix time (s) when it was published.
+    pub published_at: AtomicI64,
+    /// NetworkPolicies in the snapshot that failed validation (they fail closed).
+    pub invalid_policies: AtomicU64,
+    /// Manifest reloads refused because the files could not be read (the previous
+    /// snapshot stays in force).
+    pub reload_errors: AtomicU64,
+    /// Whether the rules are installed and the first complete snapshot is loaded.
+    pub ready: std::sync::atomic::AtomicBool,
+    runtime: Mutex<Option<tokio_metrics::RuntimeMonitor>>,
+    busy_micros: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            connections: Family::default(),
+            active: Gauge::default(),
+            bytes: Family::default(),
+            // 10 µs .. ~80 ms.
+            verdict_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 14),
+            ),
+            generation: AtomicU64::new(0),
+            published_at: AtomicI64::new(0),
+            invalid_policies: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            ready: std::sync::atomic::AtomicBool::new(false),
+            runtime: Mutex::new(None),
+            busy_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Metrics {
+    /// Notes a new snapshot.
+    pub fn published(&self, snap: &netward_controller::Snapshot) {
+        self.generation.store(snap.generation(), Ordering::Relaxed);
+        self.published_at.store(now_secs(), Ordering::Relaxed);
+        self.invalid_policies
+            .store(snap.invalid_policies().count() as u64, Ordering::Relaxed);
+    }
+
+    /// Samples this tokio runtime's metrics at each scrape.
+    pub fn watch_runtime(&self, handle: &tokio::runtime::Handle) {
+        if let Ok(mut rt) = self.runtime.lock() {
+            *rt = Some(tokio_metrics::RuntimeMonitor::new(handle));
+        }
+    }
+
+    /// A registry with every metric, for the admin server.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut r = Registry::with_prefix("netward");
+        r.register(
+            "connections",
+            "Flows decided, by verdict, protocol, enforced direction and deciding policy",
+            self.connections.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Relayed TCP connections open now",
+            self.active.clone(),
+        );
+        r.register("bytes", "Bytes relayed", self.bytes.clone());
+        r.register(
+            "verdict_seconds",
+            "Time to decide a queued first packet",
+            self.verdict_seconds.clone(),
+        );
+        r.register_collector(Box::new(Atomics(self.clone())));
+        r
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn encode(self: &Arc<Self>) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry()).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The counters kept as plain atomics elsewhere (audit, verdict queue, relay), read at scrape.
+#[derive(Debug)]
+struct Atomics(Arc<Metrics>);
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Atomics {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        let audit = &crate::audit::STATS;
+        let v = crate::verdict::STATS.snapshot();
+        let published = m.published_at.load(Ordering::Relaxed);
+        let g = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        gauge(
+            &mut enc,
+            "ready",
+            "1 when the rules are installed and the first complete policy snapshot is loaded",
+            i64::from(m.ready.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            "snapshot_generation",
+            "Generation of the policy snapshot in force",
+            g(m.generation.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            &mut enc,
+            "snapshot_age_seconds",
+            "Seconds since the policy snapshot in force was published",
+            if published == 0 {
+                -1
+            } else {
+                now_secs() - published
+            },
+        )?;
+        gauge(
+            &mut enc,
+            "policy_invalid",
+            "NetworkPolicies that failed validation (they isolate and allow nothing)",
+            g(m.invalid_policies.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "policy_reload_errors",
+            "Manifest reloads refused (the previous policy stays in force)",
+            m.reload_errors.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "audit_records_written",
+            "Audit records written",
+            audit.written.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "audit_records_suppressed",
+            "Denied attempts folded into aggregated audit records",
+            audit.suppressed.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "audit_records_dropped",
+            "Audit events dropped (writer behind, or write failed)",
+            audit.dropped.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "audit_rotations",
+            "Audit log rotations",
+            audit.rotations.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "verdict_packets",
+            "First packets queued for a verdict (retransmissions included)",
+            v.seen,
+        )?;
+        counter(
+            &mut enc,
+            "verdict_retransmissions",
+            "Queued packets recognised as retransmissions of a flow just denied",
+            crate::datapath::RETRANSMISSIONS.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "verdict_parse_errors",
+            "Queued packets that could not be parsed (dropped)",
+            v.parse_errors,
+        )?;
+        counter(
+            &mut enc,
+            "verdict_queue_overflows",
+            "Times the verdict socket's buffer overflowed (packets dropped by the kernel)",
+            v.overflows,
+        )?;
+        let (queue_dropped, user_dropped) = kernel_queue_drops();
+        counter(
+            &mut enc,
+            "verdict_kernel_queue_dropped",
+            "Packets the kernel dropped because the verdict queue was full (fail closed)",
+            queue_dropped,
+        )?;
+        counter(
+            &mut enc,
+            "verdict_kernel_user_dropped",
+            "Packets the kernel dropped because it could not hand them to netward (fail closed)",
+            user_dropped,
+        )?;
+        counter(
+            &mut enc,
+            "splice_fallbacks",
+            "Relay directions that fell back from splice(2) to copying",
+            crate::relay::SPLICE_FALLBACKS.load(Ordering::Relaxed),
+        )?;
+        if let Ok(mut guard) = m.runtime.lock()
+            && let Some(rt) = guard.as_mut()
+            && let Some(s) = rt.intervals().next()
+        {
+            gauge(
+                &mut enc,
+                "runtime_workers",
+                "Tokio worker threads of the datapath runtime",
+                i64::try_from(s.workers_count).unwrap_or(0),
+            )?;
+            gauge(
+                &mut enc,
+                "runtime_live_tasks",
+                "Tokio tasks alive in the datapath runtime",
+                i64::try_from(s.live_tasks_count).unwrap_or(0),
+            )?;
+            let busy = m.busy_micros.fetch_add(
+                u64::try_from(s.total_busy_duration.as_micros()).unwrap_or(0),
+                Ordering::Relaxed,
+            ) + u64::try_from(s.total_busy_duration.as_micros()).unwrap_or(0);
+            let c = ConstCounter::new(busy as f64 / 1e6);
+            c.encode(enc.encode_descriptor(
+                "runtime_busy_seconds",
+                "Time the datapath runtime's workers were busy",
+                None,
+                c.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The kernel's drop counters of netward's queues, from /proc/net/netfilter/nfnetlink_queue
+/// (fields: queue, portid, waiting, mode, range, queue_dropped, user_dropped, id, 1).
+fn kernel_queue_drops() -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue") else {
+        return (0, 0);
+    };
+    text.lines().fold((0, 0), |(q, u), line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        (
+            q + f.get(5).copied().unwrap_or(0),
+            u + f.get(6).copied().unwrap_or(0),
+        )
+    })
+}
