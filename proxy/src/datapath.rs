@@ -304,7 +304,12 @@ pub fn decide(snap: &Arc<Snapshot>, node: Option<&str>, key: &FlowKey) -> NodeDe
     let decision = snap.authorize(&flow);
     let local =
         |ep: &netward_controller::Endpoint| ep.pod.is_some_and(|p| is_local(snap.pod(p), node));
-    let (src_local, dst_local) = (local(&flow.src), local(&flow.dst));
+    // A local pod's connection to a pod on another node: that node enforces the
+    // destination's ingress on arrival, but by then this node's proxy would have
+    // completed the client's handshake. Applying the (cluster-wide) ingress decision here
+    // too drops the SYN at the source, so the client sees what a firewall drop gives it.
+    let src_local = local(&flow.src);
+    let dst_local = local(&flow.dst) || (src_local && flow.dst.pod.is_some());
     let enforced = match (src_local, dst_local) {
         (true, true) => Enforced::Both,
         (true, false) => Enforced::Egress,

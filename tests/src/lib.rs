@@ -220,11 +220,17 @@ impl Lab {
 
     /// Starts `netward run` on a node of this lab.
     pub fn start_netward(&self, node: usize, extra: &[&str]) -> Netward {
+        self.start_netward_in(node, self.dir.path(), extra)
+    }
+
+    /// Starts `netward run` on a node, reading the manifests in `dir` (a node with its
+    /// own, possibly stale, view of the cluster).
+    pub fn start_netward_in(&self, node: usize, dir: &Path, extra: &[&str]) -> Netward {
         let n = &self.topo.nodes[node];
         let mut args = vec![
             "run",
             "--manifests",
-            self.dir.path().to_str().unwrap(),
+            dir.to_str().unwrap(),
             "--reload-ms",
             "100",
         ];

@@ -140,13 +140,17 @@ async fn serve_tcp(listener: TcpListener, name: String) {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        tokio::spawn(answer(stream, name.clone()));
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        tokio::spawn(answer(stream, name.clone(), peer));
     }
 }
 
 /// Answers an HTTP GET with `200 OK` naming the pod; echoes anything else until EOF
 /// (and then half-closes, so the client sees every byte).
-async fn answer(mut stream: TcpStream, name: String) {
+async fn answer(mut stream: TcpStream, name: String, peer: String) {
     let mut buf = vec![0u8; 64 * 1024];
     let Ok(n) = stream.read(&mut buf).await else {
         return;
@@ -155,7 +159,7 @@ async fn answer(mut stream: TcpStream, name: String) {
         return;
     }
     if buf[..n].starts_with(b"GET ") || buf[..n].starts_with(b"HEAD ") {
-        let body = format!("netward lab: hello from {name}\n");
+        let body = format!("netward lab: hello from {name} (you are {peer})\n");
         let reply = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
