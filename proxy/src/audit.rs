@@ -555,7 +555,7 @@ mod tests {
 
     #[test]
     fn rfc3339_formats_known_instants() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_440_723_456);
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_428_723_456);
         assert_eq!(rfc3339(t), "2026-11-23T10:12:03.456Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29

@@ -680,9 +680,7 @@ impl Top {
         for (name, side) in [("egress", &r.egress), ("ingress", &r.ingress)] {
             if matches!(side.result.as_str(), "denied" | "audit-denied") {
                 for p in &side.isolated_by {
-                    if !f.policies.contains(&format!("{name}: {p}")) {
-                        f.policies.insert(format!("{name}: {p}"));
-                    }
+                    f.policies.insert(format!("{name}: {p}"));
                 }
             } else if r.verdict == "allow"
                 && let Some(a) = &side.allowed_by
@@ -924,13 +922,16 @@ fn show_labels(l: &Labels) -> String {
         .join(",")
 }
 
+/// A peer workload of a [`PolicyPlan`]: its pods seen, and the (protocol, port)s.
+type PeerPlan = (BTreeSet<String>, BTreeSet<(String, u16)>);
+
 /// One side (ingress or egress) of the policies to write, for one workload.
 #[derive(Default)]
 struct PolicyPlan {
     /// A pod of the workload, for its labels (all the workload's pods seen, in fact).
     pods: BTreeSet<String>,
     /// Peer workload (`ns`, `workload`) -> its pods seen, and the ports.
-    peers: BTreeMap<(String, String), (BTreeSet<String>, BTreeSet<(String, u16)>)>,
+    peers: BTreeMap<(String, String), PeerPlan>,
     /// `src -> dst proto/port: N denied`.
     flows: Vec<String>,
 }
@@ -1125,7 +1126,7 @@ mod tests {
     #[test]
     fn rfc3339_parses_what_netward_writes_and_what_operators_type() {
         let t = parse_rfc3339("2026-11-23T10:12:03.456Z").unwrap();
-        assert_eq!(t, 1_795_440_723_456);
+        assert_eq!(t, 1_795_428_723_456);
         assert_eq!(
             crate::audit::rfc3339(
                 SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(t as u64)
@@ -1134,15 +1135,15 @@ mod tests {
         );
         assert_eq!(
             parse_rfc3339("2026-11-23T10:12:03Z"),
-            Some(1_795_440_723_000)
+            Some(1_795_428_723_000)
         );
         assert_eq!(
             parse_rfc3339("2026-11-23T11:12:03.4+01:00"),
-            Some(1_795_440_723_400)
+            Some(1_795_428_723_400)
         );
         assert_eq!(
             parse_rfc3339("2026-11-23T10:12:03.123456789Z"),
-            Some(1_795_440_723_123)
+            Some(1_795_428_723_123)
         );
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000));
@@ -1288,5 +1289,160 @@ mod tests {
             "netward-suggest-backend-ingress"
         );
         assert!(policy_name(&"a".repeat(300), "egress").len() <= 253);
+    }
+
+    fn labels(l: &[(&str, &str)]) -> Labels {
+        l.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A deny record from `src` to `dst` (`ns/pod`, or an IP), denied by the sides named.
+    fn denied(src: &str, dst: &str, port: u16, egress: bool, ingress: bool) -> Record {
+        let peer = |s: &str| match s.split_once('/') {
+            Some((ns, pod)) => {
+                serde_json::json!({"ip": "10.0.0.1", "port": port, "namespace": ns, "pod": pod})
+            }
+            None => serde_json::json!({"ip": s, "port": port}),
+        };
+        let side = |d: bool| serde_json::json!({"result": if d { "denied" } else { "not-isolated" }, "isolated_by": ["x/y"]});
+        serde_json::from_value(serde_json::json!({
+            "v": 1, "time": "2026-11-23T16:00:00.000Z", "event": "deny", "verdict": "deny",
+            "direction": "both", "protocol": "TCP", "src": peer(src), "dst": peer(dst),
+            "egress": side(egress), "ingress": side(ingress), "generation": 1, "count": 1,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn selectors_are_the_smallest_that_select_just_the_workload() {
+        let mut cluster = Cluster::default();
+        for (name, l) in [
+            (
+                "api-7d9f8b6c5d-x2x9k",
+                &[
+                    ("app", "shop"),
+                    ("tier", "api"),
+                    ("pod-template-hash", "7d9f8b6c5d"),
+                ][..],
+            ),
+            (
+                "api-7d9f8b6c5d-qr5tz",
+                &[
+                    ("app", "shop"),
+                    ("tier", "api"),
+                    ("pod-template-hash", "7d9f8b6c5d"),
+                ],
+            ),
+            (
+                "web-6c5d7d9f8b-zz2xq",
+                &[
+                    ("app", "shop"),
+                    ("tier", "web"),
+                    ("pod-template-hash", "6c5d7d9f8b"),
+                ],
+            ),
+            ("nolabels", &[]),
+            (
+                "queue-0",
+                &[
+                    ("app.kubernetes.io/name", "queue"),
+                    ("app.kubernetes.io/instance", "q1"),
+                    ("app", "q"),
+                ],
+            ),
+            ("lonely", &[("role", "x")]),
+            ("twin", &[("role", "x")]),
+        ] {
+            cluster.upsert_pod(Pod::new("shop", name, labels(l)));
+        }
+        let mut flows = Flows::default();
+        for (i, r) in [
+            denied(
+                "shop/web-6c5d7d9f8b-zz2xq",
+                "shop/api-7d9f8b6c5d-x2x9k",
+                8080,
+                false,
+                true,
+            ),
+            denied(
+                "shop/web-6c5d7d9f8b-zz2xq",
+                "shop/api-7d9f8b6c5d-qr5tz",
+                8080,
+                false,
+                true,
+            ),
+            denied(
+                "shop/queue-0",
+                "shop/api-7d9f8b6c5d-x2x9k",
+                8080,
+                false,
+                true,
+            ),
+            denied(
+                "shop/nolabels",
+                "shop/api-7d9f8b6c5d-x2x9k",
+                8080,
+                false,
+                true,
+            ),
+            denied("shop/lonely", "shop/queue-0", 5672, true, false),
+            denied("192.0.2.1", "shop/queue-0", 5672, false, true),
+        ]
+        .iter()
+        .enumerate()
+        {
+            flows.add(r, || format!("log:{}", i + 1));
+        }
+        assert_eq!(flows.len(), 6);
+        let s = suggest(&flows, &cluster).unwrap();
+        let docs: Vec<serde_yaml::Value> = s
+            .yaml
+            .split("\n---\n")
+            .map(|d| serde_yaml::from_str(d).unwrap())
+            .collect();
+        assert_eq!(s.policies, 2);
+        let expected: Vec<serde_yaml::Value> = [
+            // `app: shop` also selects web: the tier label tells them apart.
+            "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy,
+              metadata: {name: netward-suggest-api-ingress, namespace: shop},
+              spec: {podSelector: {matchLabels: {app: shop, tier: api}}, policyTypes: [Ingress],
+                     ingress: [{from: [{podSelector: {matchLabels: {app.kubernetes.io/instance: q1, app.kubernetes.io/name: queue}}}],
+                                ports: [{protocol: TCP, port: 8080}]},
+                               {from: [{podSelector: {matchLabels: {app: shop, tier: web}}}],
+                                ports: [{protocol: TCP, port: 8080}]}]}}",
+            // lonely's only label also selects twin: used anyway, with a note.
+            "{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy,
+              metadata: {name: netward-suggest-lonely-egress, namespace: shop},
+              spec: {podSelector: {matchLabels: {role: x}}, policyTypes: [Egress],
+                     egress: [{to: [{podSelector: {matchLabels: {app.kubernetes.io/instance: q1, app.kubernetes.io/name: queue}}}],
+                               ports: [{protocol: TCP, port: 5672}]}]}}",
+        ]
+        .iter()
+        .map(|y| serde_yaml::from_str(y).unwrap())
+        .collect();
+        assert_eq!(docs, expected, "{}", s.yaml);
+        let notes = s.notes.join("\n");
+        assert!(
+            notes.contains("the labels of shop/lonely (role=x) also select twin in shop"),
+            "{notes}"
+        );
+        assert!(
+            notes.contains("shop/nolabels: the peer's pods have no labels"),
+            "{notes}"
+        );
+        assert!(notes.contains("left out 192.0.2.1 -> shop/queue-0 TCP/5672: 1 denied (first at log:6): 192.0.2.1 is not a pod"), "{notes}");
+        assert!(!s.yaml.contains("10.0.0.1") && !s.yaml.contains("192.0.2.1"));
+
+        // A pod the manifests lack is an error naming where it was first seen.
+        flows.add(
+            &denied("shop/ghost", "shop/api-7d9f8b6c5d-x2x9k", 1, false, true),
+            || "log:7".to_owned(),
+        );
+        assert_eq!(
+            suggest(&flows, &cluster).unwrap_err().to_string(),
+            "pod shop/ghost (first seen at log:7) is not in the manifests: its labels are needed to \
+             select it (give the manifests that define it with -f, or narrow the records with filters)"
+        );
     }
 }

@@ -72,7 +72,8 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_parser = parse_protocol)]
     protocol: Option<Protocol>,
     /// Only records seen at or after this time: RFC 3339 (2026-11-23T16:00:00Z), or how
-    /// long before now (30s, 15m, 1h, 2d). Aggregated records count from their first_seen.
+    /// long before now (30s, 15m, 1h, 2d). An aggregated deny record spans its
+    /// first_seen..last_seen.
     #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     since: Option<Millis>,
     /// Only records seen at or before this time (as `--since`).
@@ -308,7 +309,7 @@ fn suggest(out: &mut impl Write, flows: &Flows, cluster: &Cluster) -> anyhow::Re
         }
     }
     eprintln!(
-        "netward: suggested {} polic{} for {} distinct denied flow{}; review them before applying",
+        "netward: suggested {} polic{} for {} distinct denied flow{}; review before applying",
         s.policies,
         if s.policies == 1 { "y" } else { "ies" },
         flows.len(),
