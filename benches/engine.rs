@@ -1146,7 +1146,20 @@ fn main() {
         g.bench_function("one_pod_labels", |b| {
             b.iter(|| snap.with_pod(black_box(changed.clone())));
         });
-        // Diagnostic: the copy `with_pod` starts with (`Snapshot::clone`), its floor today.
+        // A pod created (new key, new address) and one deleted: pod churn during rollouts.
+        let added = {
+            let mut p = changed.clone();
+            p.name.push_str("-new");
+            p.ips = vec![IpAddr::V4(Ipv4Addr::new(198, 18, 200, 1))];
+            p
+        };
+        g.bench_function("one_pod_added", |b| {
+            b.iter(|| snap.with_pod(black_box(added.clone())));
+        });
+        g.bench_function("one_pod_removed", |b| {
+            b.iter(|| snap.without_pod(black_box(&old.namespace), black_box(&old.name)));
+        });
+        // Diagnostic: the copy `with_pod` starts with (`Snapshot::clone`).
         g.sample_size(20).measurement_time(Duration::from_secs(3));
         g.bench_function("snapshot_clone", |b| {
             b.iter(|| black_box(&snap).clone());

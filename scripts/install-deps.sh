@@ -7,6 +7,8 @@ for pair in ip:iproute2 nft:nftables iptables:iptables python3:python3 curl:curl
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# kubernetes-validate (deploy/ checks) runs in a venv.
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "netward: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

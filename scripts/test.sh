@@ -14,3 +14,8 @@ echo "== cargo test"
 cargo test --workspace --release
 echo "== engine benchmark (smoke: each bench once)"
 cargo bench -p netward-controller --bench engine -- --test
+echo "== deploy/ manifests against the Kubernetes schemas"
+./scripts/validate-deploy.sh
+echo "== datapath benchmark (smoke: every path moves the bytes correctly; no speed asserted)"
+cargo build --release -q -p netward-proxy --bin netward -p netward-datapath-bench
+./target/release/netward-datapath-bench --smoke

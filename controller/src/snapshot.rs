@@ -3,11 +3,16 @@
 //! Compilation resolves every selector once: each pod gets the list of policies
 //! that isolate it (per direction), and each rule gets the set of pods its peers
 //! select, as a bitset. A decision is then a handful of lookups (see [`crate::engine`]).
+//! Compilation groups live pods by namespace and label set (pods of one workload share
+//! one) and evaluates each distinct selector once per distinct label set.
+//!
 //! A single pod's change is applied incrementally ([`Snapshot::with_pod`]), sharing
-//! everything it does not touch with the previous snapshot.
+//! everything it does not touch with the previous snapshot: pods are stored in shared
+//! chunks and the key and address indexes in shared shards, so an update copies one
+//! chunk, the shards it writes to (none for a label change) and the rule peer sets
+//! whose membership changes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::mem::{align_of, size_of, size_of_val};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -158,7 +163,7 @@ impl PodTable {
     fn push(&mut self, entry: PodEntry) -> PodId {
         let id = PodId(u32::try_from(self.len).unwrap_or(u32::MAX));
         match self.chunks.last_mut() {
-            Some(last) if last.len() < CHUNK - 1 => {
+            Some(last) if last.len() < CHUNK => {
                 let mut grown = Vec::with_capacity(last.len() + 1);
                 grown.extend_from_slice(last);
                 grown.push(entry);
@@ -196,6 +201,9 @@ const SHARDS: usize = 1 << SHARD_BITS;
 
 /// A key of a sharded index, with a cheap hash that picks its shard.
 pub(crate) trait ShardKey: Eq + std::hash::Hash {
+    /// The hasher within a shard.
+    type Hasher: std::hash::BuildHasher + Default + Clone;
+
     /// The shard, in `0..SHARDS`.
     fn shard(&self) -> usize;
 
@@ -211,7 +219,67 @@ fn shard_of(x: u64) -> usize {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARD_BITS)) as usize
 }
 
+/// The IP index's hasher: a multiply-rotate over the address's words, several times
+/// cheaper than SipHash on the datapath's per-packet lookup. Its keys are pod addresses
+/// from pod status (IPAM), not the addresses looked up, so crowding one bucket would
+/// take control of many pods' IPs; the key index keeps SipHash (pod names are chosen
+/// by users).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AddrHasher(u64);
+
+impl AddrHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+impl std::hash::Hasher for AddrHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    #[inline]
+    fn write_u128(&mut self, i: u128) {
+        self.add(i as u64);
+        self.add((i >> 64) as u64);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        // Fold the well-mixed high bits into the low ones the table indexes by.
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
 impl ShardKey for IpAddr {
+    type Hasher = std::hash::BuildHasherDefault<AddrHasher>;
+
     #[inline]
     fn shard(&self) -> usize {
         shard_of(match self {
@@ -225,6 +293,8 @@ impl ShardKey for IpAddr {
 }
 
 impl ShardKey for ObjectKey {
+    type Hasher = std::hash::RandomState;
+
     fn shard(&self) -> usize {
         // FNV-1a over `namespace \xff name`.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -242,16 +312,16 @@ impl ShardKey for ObjectKey {
 /// A map to pod ids split into shared shards: cloning copies `SHARDS` pointers, and a
 /// write copies only its shard, and only when the value actually changes.
 #[derive(Clone, Debug)]
-pub(crate) struct ShardedIndex<K> {
-    shards: Vec<Arc<HashMap<K, PodId>>>,
+pub(crate) struct ShardedIndex<K: ShardKey> {
+    shards: Vec<Arc<HashMap<K, PodId, K::Hasher>>>,
 }
 
 impl<K: ShardKey + Clone> ShardedIndex<K> {
     /// Builds the index; for a repeated key the first entry wins.
     fn build(entries: impl IntoIterator<Item = (K, PodId)>, expected: usize) -> ShardedIndex<K> {
         let per_shard = expected.div_ceil(SHARDS) + expected.div_ceil(SHARDS) / 4;
-        let mut maps: Vec<HashMap<K, PodId>> = (0..SHARDS)
-            .map(|_| HashMap::with_capacity(per_shard))
+        let mut maps: Vec<HashMap<K, PodId, K::Hasher>> = (0..SHARDS)
+            .map(|_| HashMap::with_capacity_and_hasher(per_shard, K::Hasher::default()))
             .collect();
         for (k, id) in entries {
             maps[k.shard()].entry(k).or_insert(id);
@@ -279,13 +349,13 @@ impl<K: ShardKey + Clone> ShardedIndex<K> {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.shards.capacity() * size_of::<Arc<HashMap<K, PodId>>>()
+        self.shards.capacity() * size_of::<Arc<HashMap<K, PodId, K::Hasher>>>()
             + self
                 .shards
                 .iter()
                 .map(|m| {
                     ARC_HEADER
-                        + size_of::<HashMap<K, PodId>>()
+                        + size_of::<HashMap<K, PodId, K::Hasher>>()
                         + hash_table_bytes::<(K, PodId)>(m.capacity())
                         + m.keys().map(ShardKey::heap_bytes).sum::<usize>()
                 })

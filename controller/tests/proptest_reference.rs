@@ -470,10 +470,17 @@ type BigPod = (usize, usize, bool, bool);
 fn big_pod(i: usize, (ns, labels, host, done): BigPod, moved: bool) -> Pod {
     let mut p = Pod::new(NAMESPACES[ns], &format!("pod{i:04}"), shared_labels(labels));
     p.ips = vec![big_ip(i, moved)];
-    p.node = Some(if i % 2 == 0 { "node-a" } else { "node-b" }.to_owned());
+    p.node = Some(
+        if i.is_multiple_of(2) {
+            "node-a"
+        } else {
+            "node-b"
+        }
+        .to_owned(),
+    );
     p.host_network = host;
     p.terminated = done;
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         p.ports = vec![ContainerPort {
             name: Some("http".to_owned()),
             port: 80,

@@ -13,6 +13,11 @@
 //! `EAGAIN` that says nothing about the socket, and clearing the socket's
 //! readiness on it could stall the connection.
 //!
+//! A direction holds its pipe only while bytes move: when its source has
+//! nothing to read, the empty pipe goes back to the pool (`Mover::Parked`) and
+//! is taken again on the next readiness. An idle connection then holds two
+//! descriptors (its sockets) instead of six, and no pipe in the kernel.
+//!
 //! Splice into a socket whose peer is gone raises `SIGPIPE`; the relay relies
 //! on Rust's default of ignoring it.
 
@@ -411,6 +416,10 @@ enum State {
 enum Mover {
     /// A pipe: the bytes stay in the kernel.
     Splice(Pipe),
+    /// Splice mode while the source has nothing to read: the empty pipe (of
+    /// this size) is back in the pool, so an idle direction holds no
+    /// descriptors and no pipe buffers. Taken again when the source is readable.
+    Parked(usize),
     /// A user-space buffer; `buf[start..start + buffered]` is unwritten.
     Copy { buf: Box<[u8]>, start: usize },
     /// The pipe went back to the pool (only seen while dropping).
@@ -458,7 +467,32 @@ impl Direction {
     }
 
     fn is_splice(&self) -> bool {
-        matches!(self.mover, Mover::Splice(_))
+        matches!(self.mover, Mover::Splice(_) | Mover::Parked(_))
+    }
+
+    /// Gives the (empty) pipe back to the pool while the source has nothing to read.
+    fn park_pipe(&mut self) {
+        if let Mover::Splice(pipe) = &self.mover
+            && self.buffered == 0
+        {
+            let size = pipe.size;
+            if let Mover::Splice(pipe) = std::mem::replace(&mut self.mover, Mover::Parked(size)) {
+                pipe.recycle();
+            }
+        }
+    }
+
+    /// Takes a pipe again for a parked direction whose source became readable.
+    fn unpark_pipe(&mut self) {
+        if let Mover::Parked(size) = self.mover {
+            self.mover = match Pipe::take(size) {
+                Ok(pipe) => Mover::Splice(pipe),
+                Err(error) => {
+                    note_fallback(&error);
+                    Mover::copy(size)
+                }
+            };
+        }
     }
 
     /// Makes one syscall succeed, or registers for readiness and returns
@@ -472,7 +506,13 @@ impl Direction {
         loop {
             match self.state {
                 State::Read => {
-                    ready!(src.poll_read_ready(cx)).map_err(|e| self.fail_src(e))?;
+                    let Poll::Ready(ready) = src.poll_read_ready(cx) else {
+                        // The pipe is empty in this state: park it until data comes.
+                        self.park_pipe();
+                        return Poll::Pending;
+                    };
+                    ready.map_err(|e| self.fail_src(e))?;
+                    self.unpark_pipe();
                     let read = match &mut self.mover {
                         Mover::Splice(pipe) => src.try_io(Interest::READABLE, || {
                             sys::splice(src.as_fd(), pipe.write.as_fd(), pipe.size)
@@ -481,7 +521,8 @@ impl Direction {
                             *start = 0;
                             src.try_read(buf)
                         }
-                        Mover::Released => Ok(0),
+                        // Not reached: unparked just above; released only while dropping.
+                        Mover::Parked(_) | Mover::Released => Ok(0),
                     };
                     match read {
                         Ok(0) => self.state = State::Shutdown,
@@ -514,7 +555,8 @@ impl Direction {
                         Mover::Copy { buf, start } => {
                             dst.try_write(&buf[*start..*start + buffered])
                         }
-                        Mover::Released => Ok(0),
+                        // Not reached: bytes are buffered, so the pipe is held.
+                        Mover::Parked(_) | Mover::Released => Ok(0),
                     };
                     match written {
                         Ok(0) => {

@@ -281,7 +281,7 @@ fn policy_change_applies_to_new_connections_and_revokes_live_ones() {
     let r = live.write_all(b"ping").and_then(|()| live.read(&mut buf));
     let err = r.expect_err("the revoked connection still works");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
-    nw.wait_for("end=revoked", Duration::from_secs(5));
+    nw.wait_for("\"close\":\"revoked\"", Duration::from_secs(5));
 }
 
 /// A word-wise checksum of a byte stream (FNV-1a over 8-byte words, plus the length).

@@ -74,6 +74,17 @@ struct Args {
     /// Do not write result files (print the table only).
     #[arg(long)]
     no_write: bool,
+    /// Workloads to run, comma-separated: check, bulk, conn, ping, new, idle.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "check,bulk,conn,ping,new,idle"
+    )]
+    workloads: Vec<String>,
+    /// Record each proxy during each workload with `perf record -g` (cpu-clock) into
+    /// `DIR/perf-<path>-<workload>.data`.
+    #[arg(long)]
+    perf: Option<PathBuf>,
 }
 
 /// The sizes of one run of every workload.
@@ -266,7 +277,8 @@ fn run(args: &Args) -> Result<()> {
     for round in 0..rounds {
         for &kind in &kinds {
             let t = Instant::now();
-            let r = run_path(kind, &env, client, &sizes, workdir.path());
+            set_early_demux(node, kind != PathKind::Direct)?;
+            let r = run_path(kind, &env, client, &sizes, workdir.path(), args);
             match &r {
                 Ok(m) => eprintln!(
                     "round {}/{rounds} {:<14} {:>5.1} s  {}",
@@ -345,6 +357,7 @@ fn run_path(
     client: &Netns,
     sizes: &Sizes,
     workdir: &Path,
+    args: &Args,
 ) -> Result<Metrics> {
     let mut m = Metrics::new();
     let t = Instant::now();
@@ -352,60 +365,124 @@ fn run_path(
     m.insert("startup_s", t.elapsed().as_secs_f64());
     let server_ip = SERVER_IP.parse().context("server address")?;
     let echo = SocketAddr::new(server_ip, ECHO_PORT);
+    let wants = |w: &str| args.workloads.iter().any(|x| x == w);
+    let pid = proxy.pid();
+    let perf = |w: &str| {
+        let (dir, pid) = (args.perf.as_ref()?, pid?);
+        Profiler::start(pid, &dir.join(format!("perf-{}-{w}.data", kind.name())))
+            .map_err(|e| eprintln!("warning: perf: {e:#}"))
+            .ok()
+    };
 
     // Correctness first: one stream and eight, checksummed both ways.
-    let moved = work::checked_echo(client, echo, 1, sizes.check_bytes)
-        .and_then(|a| Ok(a + work::checked_echo(client, echo, 8, sizes.check_bytes / 8)?))
-        .with_context(|| format!("{}: checksummed echo", kind.name()))?;
-    m.insert("checked_bytes", moved as f64);
+    if wants("check") {
+        let moved = work::checked_echo(client, echo, 1, sizes.check_bytes)
+            .and_then(|a| Ok(a + work::checked_echo(client, echo, 8, sizes.check_bytes / 8)?))
+            .with_context(|| format!("{}: checksummed echo", kind.name()))?;
+        m.insert("checked_bytes", moved as f64);
+    }
 
-    for (streams, id, cpu_id) in [
-        (1, "bulk1_gbps", "bulk1_cpu_s_per_gb"),
-        (8, "bulk8_gbps", "bulk8_cpu_s_per_gb"),
-    ] {
+    if wants("bulk") {
+        for (streams, id, cpu_id) in [
+            (1, "bulk1_gbps", "bulk1_cpu_s_per_gb"),
+            (8, "bulk8_gbps", "bulk8_cpu_s_per_gb"),
+        ] {
+            let _perf = perf(&format!("bulk{streams}"));
+            let cpu0 = proxy.cpu_seconds();
+            let out = workdir.join(format!("iperf-{}-{streams}.json", kind.name()));
+            let b = work::iperf(client, SERVER_IP, streams, sizes.bulk, &out)
+                .with_context(|| format!("{}: iperf3 -P {streams}", kind.name()))?;
+            m.insert(id, b.bits_per_second / 1e9);
+            if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
+                m.insert(cpu_id, (c1 - c0) / (b.bytes / 1e9));
+            }
+        }
+    }
+
+    if wants("conn") {
+        let _perf = perf("conn");
         let cpu0 = proxy.cpu_seconds();
-        let out = workdir.join(format!("iperf-{}-{streams}.json", kind.name()));
-        let b = work::iperf(client, SERVER_IP, streams, sizes.bulk, &out)
-            .with_context(|| format!("{}: iperf3 -P {streams}", kind.name()))?;
-        m.insert(id, b.bits_per_second / 1e9);
+        let rate = work::conn_rate(
+            client,
+            SocketAddr::new(server_ip, RR_PORT),
+            sizes.conns,
+            sizes.concurrency,
+        )
+        .with_context(|| format!("{}: connection rate", kind.name()))?;
+        m.insert("conn_rate", rate);
         if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
-            m.insert(cpu_id, (c1 - c0) / (b.bytes / 1e9));
+            m.insert("conn_cpu_s_per_1k", (c1 - c0) / sizes.conns as f64 * 1000.0);
         }
     }
 
-    let cpu0 = proxy.cpu_seconds();
-    let rate = work::conn_rate(
-        client,
-        SocketAddr::new(server_ip, RR_PORT),
-        sizes.conns,
-        sizes.concurrency,
-    )
-    .with_context(|| format!("{}: connection rate", kind.name()))?;
-    m.insert("conn_rate", rate);
-    if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
-        m.insert("conn_cpu_s_per_1k", (c1 - c0) / sizes.conns as f64 * 1000.0);
-    }
-
-    let mut pp = work::ping_pong(client, echo, sizes.ping_warmup, sizes.pings)
-        .with_context(|| format!("{}: ping-pong", kind.name()))?;
-    for (q, id) in [(0.5, "pp_p50"), (0.99, "pp_p99"), (0.999, "pp_p999")] {
-        if let Some(v) = stats::percentile(&mut pp, q) {
-            m.insert(id, v);
-        }
-    }
-    let mut nc = work::new_conn_latency(client, echo, sizes.new_conns)
-        .with_context(|| format!("{}: new-connection latency", kind.name()))?;
-    for (q, id) in [(0.5, "new_p50"), (0.99, "new_p99"), (0.999, "new_p999")] {
-        if let Some(v) = stats::percentile(&mut nc, q) {
-            m.insert(id, v);
+    if wants("ping") {
+        let _perf = perf("ping");
+        let mut pp = work::ping_pong(client, echo, sizes.ping_warmup, sizes.pings)
+            .with_context(|| format!("{}: ping-pong", kind.name()))?;
+        for (q, id) in [(0.5, "pp_p50"), (0.99, "pp_p99"), (0.999, "pp_p999")] {
+            if let Some(v) = stats::percentile(&mut pp, q) {
+                m.insert(id, v);
+            }
         }
     }
 
-    idle_memory(&mut m, &proxy, env.node, client, sizes.idle, server_ip)
-        .with_context(|| format!("{}: idle connections", kind.name()))?;
+    if wants("new") {
+        let _perf = perf("new");
+        let mut nc = work::new_conn_latency(client, echo, sizes.new_conns)
+            .with_context(|| format!("{}: new-connection latency", kind.name()))?;
+        for (q, id) in [(0.5, "new_p50"), (0.99, "new_p99"), (0.999, "new_p999")] {
+            if let Some(v) = stats::percentile(&mut nc, q) {
+                m.insert(id, v);
+            }
+        }
+    }
+
+    if wants("idle") {
+        idle_memory(&mut m, &proxy, env.node, client, sizes.idle, server_ip)
+            .with_context(|| format!("{}: idle connections", kind.name()))?;
+    }
 
     proxy.stop()?;
     Ok(m)
+}
+
+/// `perf record -g -e cpu-clock` on one process; stopped (SIGINT) when dropped.
+struct Profiler {
+    child: std::process::Child,
+}
+
+impl Profiler {
+    fn start(pid: u32, out: &Path) -> Result<Profiler> {
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-e", "cpu-clock", "-F", "4000", "-g", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(out)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting perf record")?;
+        // perf needs a moment to attach before the workload starts.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Profiler { child })
+    }
+}
+
+impl Drop for Profiler {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Memory at `n` idle established connections: the proxy's RSS and descriptors, socket
@@ -481,6 +558,20 @@ fn idle_memory(
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("connections still established in the node 30 s after the clients closed")
+}
+
+/// The proxies leave TIME_WAIT sockets in the node's namespace (their upstream sockets
+/// carry the client's address; their client-facing ones the server's) for 60 s. With
+/// early demux on, a forwarded packet whose 4-tuple matches one gets `skb->sk` set, and
+/// `ip_forward` drops it: a `direct` connection reusing such a port would time out. So
+/// `direct` runs with early demux off (it only serves local delivery); the proxies, which
+/// terminate TCP in the node, keep the default.
+fn set_early_demux(node: &Netns, on: bool) -> Result<()> {
+    let v = u8::from(on);
+    node.sh(&format!(
+        "sysctl -qw net.ipv4.ip_early_demux={v} net.ipv4.tcp_early_demux={v}"
+    ))?;
+    Ok(())
 }
 
 /// Leaves the node with no rules at all, so that `direct` is plain forwarding (the

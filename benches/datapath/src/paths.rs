@@ -87,7 +87,9 @@ pub(crate) struct Proxy {
 /// (`usesrc clientip`), kernel splicing both ways.
 pub(crate) const HAPROXY_CFG: &str = "\
 global
-    maxconn 9000
+    maxconn 7000
+    # The hard RLIMIT_NOFILE here is 20,000 (no CAP_SYS_RESOURCE to raise it).
+    ulimit-n 19500
     nbthread 2
     log stderr format short local0 err
 
@@ -104,12 +106,12 @@ defaults
 
 frontend intercepted
     bind 0.0.0.0:15001 transparent
-    maxconn 9000
+    maxconn 7000
     default_backend original_destination
 
 backend original_destination
     source 0.0.0.0 usesrc clientip
-    server orig 0.0.0.0:0 maxconn 9000
+    server orig 0.0.0.0:0 maxconn 7000
 ";
 
 /// HAProxy 2.6 cannot put a mark on its backend connections (`set-mark` only marks

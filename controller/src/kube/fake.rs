@@ -60,8 +60,9 @@ struct State {
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
     down: bool,
-    /// Per kind: answer 503 to its lists and watches.
+    /// Per kind: answer 500 to its lists and watches.
     unavailable: [bool; 4],
+    /// Answer the next continued list with HTTP 410.
     gone_as_http: bool,
     bookmark_every: Duration,
     /// Bumped to cut every open watch (a dropped connection).
@@ -204,7 +205,7 @@ impl FakeApi {
         });
     }
 
-    /// Makes one resource unavailable (HTTP 503 to its lists and watches) or available.
+    /// Makes one resource unavailable (HTTP 500 to its lists and watches; kube's client retries a 503 itself for minutes) or available.
     pub fn set_unavailable(&self, kind: Kind, unavailable: bool) {
         self.with_state(|s| s.unavailable[kind as usize] = unavailable);
     }
@@ -232,10 +233,12 @@ impl FakeApi {
         });
     }
 
-    /// Answers a watch from a compacted resourceVersion with an HTTP 410 response instead
-    /// of a `200` stream holding a 410 `ERROR` event.
-    pub fn set_gone_as_http(&self, on: bool) {
-        self.with_state(|s| s.gone_as_http = on);
+    /// Answers the next list request that carries a `continue` token with HTTP 410
+    /// Gone (the token expired, as after a compaction): the watcher restarts its list.
+    /// (A watch from a compacted resourceVersion gets a `200` stream holding a 410
+    /// `ERROR` event, as from a real API server.)
+    pub fn expire_next_continue(&self) {
+        self.with_state(|s| s.gone_as_http = true);
     }
 
     /// How often open watches get a BOOKMARK event (when they asked for bookmarks).
@@ -295,7 +298,17 @@ impl FakeApi {
                     tokio::spawn(async move {
                         let svc = hyper::service::service_fn(move |req| {
                             let api = api.clone();
-                            async move { Ok::<_, std::convert::Infallible>(api.handle(req)) }
+                            async move {
+                                // Kept-alive connections must not outlive an outage either:
+                                // an error from the service makes hyper close the connection.
+                                let mut st = api.inner.state.lock().unwrap();
+                                if st.down {
+                                    st.stats.refused += 1;
+                                    return Err(std::io::Error::other("the API server is down"));
+                                }
+                                drop(st);
+                                Ok(api.handle(req))
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)
@@ -374,8 +387,8 @@ impl FakeApi {
         };
         if self.inner.state.lock().unwrap().unavailable[kind as usize] {
             return status(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
                 "the fake says so",
             );
         }
@@ -399,6 +412,15 @@ impl FakeApi {
             Some((rv, off)) => (rv.parse().unwrap_or(0), off.parse().unwrap_or(0)),
             None => (s.rv, 0usize),
         };
+        if query.contains_key("continue") && std::mem::take(&mut s.gone_as_http) {
+            s.stats.gone += 1;
+            drop(s);
+            return status(
+                StatusCode::GONE,
+                "Expired",
+                "the continue token has expired",
+            );
+        }
         if rv < s.compacted {
             s.stats.gone += 1;
             drop(s);
@@ -456,10 +478,6 @@ impl FakeApi {
             }
         } else if from < s.compacted {
             s.stats.gone += 1;
-            if s.gone_as_http {
-                drop(s);
-                return status(StatusCode::GONE, "Expired", "too old resource version");
-            }
             gone = true;
         } else {
             for e in s.history.iter().filter(|e| e.kind == kind && e.rv > from) {

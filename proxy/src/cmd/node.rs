@@ -439,7 +439,7 @@ mod tests {
                 "--reject/NETWARD_REJECT=\"maybe\": expected true or false",
             ),
             (
-                &["--node-name", "a", "--drain-grace-secs", "-1"],
+                &["--node-name", "a", "--drain-grace-secs=-1"],
                 "--drain-grace-secs/NETWARD_DRAIN_GRACE_SECS=\"-1\": not a whole number",
             ),
             (
