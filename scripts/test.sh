@@ -17,5 +17,5 @@ cargo bench -p netward-controller --bench engine -- --test
 echo "== deploy/ manifests against the Kubernetes schemas"
 ./scripts/validate-deploy.sh
 echo "== datapath benchmark (smoke: every path moves the bytes correctly; no speed asserted)"
-cargo build --release -q -p netward-proxy --bin netward -p netward-datapath-bench
+cargo build --release -q -p netward-proxy -p netward-datapath-bench --bins
 ./target/release/netward-datapath-bench --smoke

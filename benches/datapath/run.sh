@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p netward-proxy --bin netward -p netward-datapath-bench
+cargo build --release -p netward-proxy -p netward-datapath-bench --bins
 exec "$target/release/netward-datapath-bench" "$@"
