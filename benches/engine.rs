@@ -7,15 +7,12 @@
 //! `cargo bench -p netward-controller --bench engine -- --test` runs every bench once.
 //! See `benches/README.md` for the figures and the targets.
 
-// The counting `#[global_allocator]` needs `unsafe impl GlobalAlloc`; nothing else is unsafe.
-#![allow(unsafe_code)]
 // Set-up code in a benchmark: a panic (with its message) is the right way to fail.
 #![allow(clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
@@ -26,66 +23,9 @@ use netward_controller::{Cluster, Decision, Flow, Protocol, Side, Snapshot};
 // Counting allocator: live heap bytes, and the peak while a window is open.
 // ---------------------------------------------------------------------------
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static TRACK_PEAK: AtomicBool = AtomicBool::new(false);
-
-fn grew(by: usize) {
-    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
-    if TRACK_PEAK.load(Ordering::Relaxed) {
-        PEAK.fetch_max(now, Ordering::Relaxed);
-    }
-}
-
-fn shrank(by: usize) {
-    LIVE.fetch_sub(by, Ordering::Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged and
-// returns its result; the counters are plain atomics and never affect the allocation.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as our caller's (non-zero-size `layout`).
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as our caller's.
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            grew(layout.size());
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from this allocator (i.e. from `System`) with `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: `ptr`/`layout` came from this allocator; `new_size` is the caller's, valid.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                grew(new_size - layout.size());
-            } else {
-                shrank(layout.size() - new_size);
-            }
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "engine/sys.rs"]
+mod sys;
+use sys::{LIVE, PEAK, TRACK_PEAK};
 
 fn live_bytes() -> usize {
     LIVE.load(Ordering::Relaxed)
