@@ -10,6 +10,7 @@ pub mod audit;
 pub mod datapath;
 pub mod lab;
 pub mod metrics;
+pub mod mtls;
 pub mod net;
 pub mod packet;
 pub mod relay;

@@ -1,0 +1,1 @@
+//! `netward ca`: the offline certificate authority for the lab and `netward run`.

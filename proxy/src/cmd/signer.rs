@@ -1,0 +1,1 @@
+//! `netward signer`: signs netward's node-tunnel CertificateSigningRequests.

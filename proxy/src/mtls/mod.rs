@@ -1,0 +1,8 @@
+//! Mutual TLS between node proxies: node identities and certificates, the HTTP/2
+//! `CONNECT` tunnel that carries cross-node connections, and the certificate signer.
+//! The protocol is documented in `docs/mtls.md`.
+
+pub mod identity;
+pub mod ktls;
+pub mod signer;
+pub mod tunnel;
