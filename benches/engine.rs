@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use netward_controller::model::{Peer, Pod};
-use netward_controller::{Cluster, Decision, Flow, Protocol, Side, Snapshot};
+use netward_controller::{Cluster, Decision, Flow, Protocol, Side, Snapshot, Transport};
 
 // ---------------------------------------------------------------------------
 // Counting allocator: live heap bytes, and the peak while a window is open.
@@ -667,6 +667,7 @@ fn decide(snap: &Snapshot, f: &FlowSpec) -> Decision {
         dst: snap.endpoint_for_ip(f.dst),
         protocol: f.protocol,
         port: f.port,
+        transport: Transport::Plaintext,
     };
     snap.authorize(&flow)
 }
@@ -695,6 +696,7 @@ fn isolation_counts(snap: &Snapshot, ip: IpAddr) -> (usize, usize) {
         dst,
         protocol: Protocol::Sctp,
         port: 1,
+        transport: Transport::Plaintext,
     };
     let ing = snap.explain(&probe(nowhere, me)).ingress.len();
     let eg = snap.explain(&probe(me, nowhere)).egress.len();
@@ -903,6 +905,7 @@ fn isolation_position(
         dst: snap.endpoint_for_ip(f.dst),
         protocol: f.protocol,
         port: f.port,
+        transport: Transport::Plaintext,
     };
     let e = snap.explain(&flow);
     let traces = if ingress { e.ingress } else { e.egress };

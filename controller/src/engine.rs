@@ -20,6 +20,27 @@ pub struct Endpoint {
     pub pod: Option<PodId>,
 }
 
+/// How a connection reaches the destination's node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    /// The packets themselves: same node, or across nodes in clear.
+    #[default]
+    Plaintext,
+    /// Inside the authenticated mTLS tunnel between node proxies.
+    Tunnel,
+}
+
+impl Transport {
+    /// The name used in reports and the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Plaintext => "plaintext",
+            Transport::Tunnel => "tunnel",
+        }
+    }
+}
+
 /// A connection to decide: its first packet's addresses after any Service DNAT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flow {
@@ -31,6 +52,8 @@ pub struct Flow {
     pub protocol: Protocol,
     /// Destination port (after DNAT).
     pub port: u16,
+    /// Plaintext or through the tunnel (only strict-mTLS namespaces care).
+    pub transport: Transport,
 }
 
 /// Why a side is exempt from policy, as Calico and Cilium do it.
@@ -70,12 +93,15 @@ pub enum Side {
         /// The isolating policies.
         isolated_by: Arc<[PolicyId]>,
     },
+    /// The destination's namespace is `netward.io/mtls: strict` and this connection
+    /// comes from another node in clear: only the tunnel may carry it.
+    PlaintextUnderStrictMtls,
 }
 
 impl Side {
     /// Whether this side lets the connection through.
     pub fn allows(&self) -> bool {
-        !matches!(self, Side::Denied { .. })
+        !matches!(self, Side::Denied { .. } | Side::PlaintextUnderStrictMtls)
     }
 }
 
@@ -235,6 +261,9 @@ impl Snapshot {
             Some(dst) if self.is_from_own_node(dst, &flow.src) => {
                 Side::Exempt(Exemption::FromOwnNode)
             }
+            Some(dst) if self.is_plaintext_under_strict(dst, flow) => {
+                Side::PlaintextUnderStrictMtls
+            }
             Some(dst) => self.side(dst, Direction::Ingress, &flow.src, flow, None),
         };
         Decision { egress, ingress }
@@ -251,6 +280,7 @@ impl Snapshot {
             }
             if let Some(dst) = flow.dst.pod
                 && !self.is_from_own_node(dst, &flow.src)
+                && !self.is_plaintext_under_strict(dst, flow)
             {
                 let _ = self.side(dst, Direction::Ingress, &flow.src, flow, Some(&mut ingress));
             }
@@ -282,6 +312,8 @@ impl Snapshot {
                             dst: endpoint(*to),
                             protocol,
                             port,
+                            // The matrix assumes every node runs netward with the tunnel.
+                            transport: Transport::Tunnel,
                         })
                         .allowed()
                     })
@@ -300,6 +332,34 @@ impl Snapshot {
         match (flow.src.pod, flow.dst.pod) {
             (Some(a), Some(b)) => a == b,
             _ => flow.src.ip.is_some() && flow.src.ip == flow.dst.ip,
+        }
+    }
+
+    /// The mTLS mode of a pod's namespace (`disabled` for an unknown namespace).
+    pub fn mtls_mode(&self, pod: PodId) -> crate::model::MtlsMode {
+        self.namespace(&self.pod(pod).namespace)
+            .map(|n| n.mtls)
+            .unwrap_or_default()
+    }
+
+    /// Whether a plaintext connection into `dst` comes from another node while `dst`'s
+    /// namespace is strict. Same-node traffic stays local and in clear. A source pod
+    /// whose node is unknown, or a destination without a node, counts as local (the
+    /// datapath always knows the node of the pods it enforces for).
+    fn is_plaintext_under_strict(&self, dst: PodId, flow: &Flow) -> bool {
+        if flow.transport == Transport::Tunnel
+            || self.mtls_mode(dst) != crate::model::MtlsMode::Strict
+        {
+            return false;
+        }
+        let Some(dst_node) = self.pod(dst).node.as_deref() else {
+            return false;
+        };
+        match flow.src.pod {
+            Some(src) => self.pod(src).node.as_deref().is_some_and(|n| n != dst_node),
+            // Not a pod: the destination's own node is exempt before this check; any
+            // other address (another node, an external client) is off-node.
+            None => true,
         }
     }
 

@@ -14,7 +14,9 @@ pub mod render;
 pub mod snapshot;
 
 pub use cluster::Cluster;
-pub use engine::{Decision, Endpoint, Exemption, Explanation, Flow, Matrix, Side, Verdict};
+pub use engine::{
+    Decision, Endpoint, Exemption, Explanation, Flow, Matrix, Side, Transport, Verdict,
+};
 pub use load::Manifests;
-pub use model::{Direction, Mode, Protocol};
+pub use model::{Direction, Mode, MtlsMode, Protocol};
 pub use snapshot::{PodId, PolicyId, Snapshot};

@@ -27,6 +27,9 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Annotation (on a policy) or label (on a namespace) that stages policies in audit mode.
 pub const MODE_KEY: &str = "netward.io/mode";
+/// The namespace label that adopts mTLS between node proxies: `disabled` (the default),
+/// `permissive` or `strict`.
+pub const MTLS_KEY: &str = "netward.io/mtls";
 
 /// A transport protocol a NetworkPolicy port can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -308,6 +311,41 @@ pub enum Mode {
     Audit,
 }
 
+/// How a namespace's pods take cross-node connections (label `netward.io/mtls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Plaintext between nodes; the tunnel is not used toward these pods.
+    #[default]
+    Disabled,
+    /// The source uses the tunnel when the destination node offers it; plaintext is
+    /// still accepted.
+    Permissive,
+    /// Cross-node connections are accepted only through the tunnel.
+    Strict,
+}
+
+impl MtlsMode {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Disabled => "disabled",
+            MtlsMode::Permissive => "permissive",
+            MtlsMode::Strict => "strict",
+        }
+    }
+
+    /// Parses the label value.
+    pub fn parse(v: &str) -> Option<MtlsMode> {
+        match v {
+            "disabled" => Some(MtlsMode::Disabled),
+            "permissive" => Some(MtlsMode::Permissive),
+            "strict" => Some(MtlsMode::Strict),
+            _ => None,
+        }
+    }
+}
+
 fn parse_mode(v: Option<&String>, field: &str, errs: &mut Errors) -> Mode {
     match v.map(String::as_str) {
         None | Some("enforce") => Mode::Enforce,
@@ -332,6 +370,8 @@ pub struct Namespace {
     pub labels: Labels,
     /// Audit mode for every policy in this namespace (label `netward.io/mode: audit`).
     pub mode: Mode,
+    /// mTLS adoption (label `netward.io/mtls`). An unknown value is `strict`: it fails closed.
+    pub mtls: MtlsMode,
 }
 
 impl Namespace {
@@ -348,11 +388,26 @@ impl Namespace {
         } else {
             Mode::Enforce
         };
+        let mtls = labels.get(MTLS_KEY).map_or(MtlsMode::Disabled, |v| {
+            MtlsMode::parse(v).unwrap_or(MtlsMode::Strict)
+        });
         Namespace {
             name: name.to_owned(),
             labels,
             mode,
+            mtls,
         }
+    }
+
+    /// What stands in for a Namespace whose labels failed validation: only its name
+    /// label, so no policy's namespaceSelector matches it by accident, and strict mTLS
+    /// unless its `netward.io/mtls` label reads `disabled` or `permissive` (fail closed).
+    pub fn fallback(name: &str, labels: Option<&Labels>) -> Namespace {
+        let mut ns = Namespace::new(name);
+        if let Some(v) = labels.and_then(|l| l.get(MTLS_KEY)) {
+            ns.mtls = MtlsMode::parse(v).unwrap_or(MtlsMode::Strict);
+        }
+        ns
     }
 
     /// Converts an API Namespace.
@@ -372,6 +427,16 @@ impl Namespace {
             "metadata.labels[netward.io/mode]",
             &mut errs,
         );
+        if let Some(v) = labels.get(MTLS_KEY)
+            && MtlsMode::parse(v).is_none()
+        {
+            errs.push(
+                "metadata.labels[netward.io/mtls]",
+                format!(
+                    "unknown mTLS mode {v:?}: expected \"disabled\", \"permissive\" or \"strict\""
+                ),
+            );
+        }
         if errs.0.is_empty() {
             Ok(Namespace::with_labels(&name, labels))
         } else {

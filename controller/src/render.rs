@@ -21,7 +21,8 @@ pub struct RuleRef {
 /// One side of a decision, with names.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SideReport {
-    /// `not-pod`, `not-isolated`, `exempt`, `allowed`, `audit-denied` or `denied`.
+    /// `not-pod`, `not-isolated`, `exempt`, `allowed`, `audit-denied`, `denied` or
+    /// `plaintext-under-strict-mtls`.
     pub result: String,
     /// The pod this side is about (`namespace/name`), when it is a pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +73,7 @@ impl SideReport {
                 r.result = "denied".to_owned();
                 r.isolated_by = names(isolated_by);
             }
+            Side::PlaintextUnderStrictMtls => r.result = "plaintext-under-strict-mtls".to_owned(),
         }
         r
     }
@@ -95,6 +97,12 @@ impl SideReport {
                 Some(r) => format!("allowed by {} {dir}[{}]", r.policy, r.rule),
                 None => "allowed".to_owned(),
             },
+            "plaintext-under-strict-mtls" => {
+                "denied: the pod's namespace is netward.io/mtls=strict \
+                 and this connection comes from another node in clear (only the mTLS tunnel \
+                 may carry it)"
+                    .to_owned()
+            }
             "audit-denied" => format!(
                 "allowed (audit mode): would be denied by {}",
                 self.isolated_by.join(", ")

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netward_controller::kube::fake::{FakeApi, FakeServer};
 use netward_controller::kube::{self as source, Kind, SyncStatus};
-use netward_controller::{Flow, Protocol, Snapshot};
+use netward_controller::{Flow, Protocol, Snapshot, Transport};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -57,6 +57,7 @@ fn allowed(s: &Snapshot, from: &str, to: &str) -> bool {
         dst: s.endpoint_for_ip(ip(to)),
         protocol: Protocol::Tcp,
         port: 80,
+        transport: Transport::Plaintext,
     };
     s.authorize(&flow).allowed()
 }

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use netward_controller::model::{
     ContainerPort, Direction, Mode, Namespace, NamespaceScope, NetworkPolicy, Peer, Pod, PortSpec,
 };
-use netward_controller::{Cluster, Endpoint, Flow, Protocol, Snapshot};
+use netward_controller::{Cluster, Endpoint, Flow, Protocol, Snapshot, Transport};
 use proptest::prelude::*;
 
 // ---------- the reference evaluator: no compilation, no indexes, no shortcuts ----------
@@ -385,6 +385,7 @@ fn all_decisions(s: &Snapshot, c: &Cluster) -> Vec<(String, bool)> {
                         dst: endpoint(s, &b),
                         protocol: proto,
                         port,
+                        transport: Transport::Plaintext,
                     };
                     out.push((
                         format!("{a:?} -> {b:?} {proto}/{port}"),
@@ -407,7 +408,7 @@ proptest! {
             for b in ends(&c) {
                 for proto in Protocol::ALL {
                     for port in PORTS {
-                        let f = Flow { src: endpoint(&s, &a), dst: endpoint(&s, &b), protocol: proto, port };
+                        let f = Flow { src: endpoint(&s, &a), dst: endpoint(&s, &b), protocol: proto, port, transport: Transport::Plaintext };
                         let got = s.authorize(&f).allowed();
                         let want = reference(&c, &a, &b, proto, port);
                         prop_assert_eq!(got, want, "{:?} -> {:?} {}/{}: engine {:?}", a, b, proto, port, s.authorize(&f));
@@ -556,6 +557,7 @@ fn probe_decisions(s: &Snapshot, c: &Cluster, probes: &[(String, String)]) -> Ve
                         dst: ep(b),
                         protocol,
                         port,
+                        transport: Transport::Plaintext,
                     };
                     out.push(format!(
                         "{a:?} -> {b:?} {protocol}/{port}: {}",
@@ -638,7 +640,7 @@ proptest! {
         for a in &ends {
             for b in &ends {
                 for (proto, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53), (Protocol::Tcp, 8080)] {
-                    let f = Flow { src: endpoint(&full, a), dst: endpoint(&full, b), protocol: proto, port };
+                    let f = Flow { src: endpoint(&full, a), dst: endpoint(&full, b), protocol: proto, port, transport: Transport::Plaintext };
                     prop_assert_eq!(full.authorize(&f).allowed(), reference(&cluster, a, b, proto, port), "{:?} -> {:?} {}/{}", a, b, proto, port);
                 }
             }

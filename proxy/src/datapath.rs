@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netward_controller::render::DecisionReport;
-use netward_controller::{Decision, Flow, Protocol, Snapshot};
+use netward_controller::{Decision, Flow, Protocol, Snapshot, Transport};
 use netward_iptables::{CommandRunner, Config as RulesConfig, Ruleset};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -300,6 +300,7 @@ pub fn decide(snap: &Arc<Snapshot>, node: Option<&str>, key: &FlowKey) -> NodeDe
         dst: snap.endpoint_for_ip(key.dst.ip()),
         protocol: key.protocol,
         port: key.dst.port(),
+        transport: Transport::Plaintext,
     };
     let decision = snap.authorize(&flow);
     let local =

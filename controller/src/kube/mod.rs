@@ -17,6 +17,7 @@
 
 #[cfg(feature = "fake-api")]
 pub mod fake;
+pub mod signer_api;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -393,7 +394,7 @@ fn convert_namespace(ns: &core::Namespace) -> Obj {
             if name.is_empty() {
                 Obj::Invalid(meta_key(&ns.metadata))
             } else {
-                Obj::Namespace(Namespace::new(&name))
+                Obj::Namespace(Namespace::fallback(&name, ns.metadata.labels.as_ref()))
             }
         }
     }

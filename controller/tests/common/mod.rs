@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use netward_controller::render::SideReport;
-use netward_controller::{Cluster, Flow, Manifests, Protocol, Side, Snapshot};
+use netward_controller::{Cluster, Flow, Manifests, Protocol, Side, Snapshot, Transport};
 
 /// Reads YAML text; panics (failing the test) on any error.
 pub(crate) fn cluster(yaml: &str) -> Cluster {
@@ -38,6 +38,7 @@ pub(crate) fn flow(snap: &Snapshot, from: &str, to: &str, protocol: Protocol, po
         dst: ep(snap, to),
         protocol,
         port,
+        transport: Transport::Plaintext,
     }
 }
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use netward_controller::render::{DecisionReport, explain_text, matrix_table};
-use netward_controller::{Endpoint, Flow, Manifests, Protocol, Snapshot};
+use netward_controller::{Endpoint, Flow, Manifests, Protocol, Snapshot, Transport};
 
 /// Exit code for bad input (`explain` promises 2; `matrix` uses the same).
 const EXIT_BAD_INPUT: u8 = 2;
@@ -58,9 +58,20 @@ pub(crate) struct ExplainArgs {
     /// Protocol: TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
     protocol: Protocol,
+    /// How the connection reaches the destination's node: `plaintext`, or `tunnel` (the
+    /// mTLS tunnel between node proxies). Matters only for `netward.io/mtls: strict`
+    /// namespaces, which refuse cross-node plaintext.
+    #[arg(long, value_enum, default_value = "plaintext")]
+    via: Via,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     output: TextOrJson,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Via {
+    Plaintext,
+    Tunnel,
 }
 
 pub(crate) fn parse_protocol(s: &str) -> Result<Protocol, String> {
@@ -151,6 +162,10 @@ pub(crate) fn explain(args: &ExplainArgs) -> ExitCode {
         dst,
         protocol: args.protocol,
         port: args.port,
+        transport: match args.via {
+            Via::Plaintext => Transport::Plaintext,
+            Via::Tunnel => Transport::Tunnel,
+        },
     };
     let explanation = snap.explain(&flow);
     let out = match args.output {
@@ -162,6 +177,7 @@ pub(crate) fn explain(args: &ExplainArgs) -> ExitCode {
                 "to": args.to,
                 "protocol": args.protocol,
                 "port": args.port,
+                "via": flow.transport,
                 "allowed": explanation.decision.allowed(),
                 "decision": report,
             });

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use netward_controller::model::{Direction, Node};
 use netward_controller::render::DecisionReport;
-use netward_controller::{Cluster, Endpoint, Flow, Manifests, Protocol, Snapshot};
+use netward_controller::{Cluster, Endpoint, Flow, Manifests, Protocol, Snapshot, Transport};
 
 use super::netns::{self, Netns};
 use super::probe::{self, Outcome};
@@ -779,6 +779,7 @@ fn plan(
                         dst: dst_ep,
                         protocol,
                         port,
+                        transport: Transport::Plaintext,
                     };
                     let allowed = snap.authorize(&flow).allowed();
                     probes.push(Probe {
@@ -809,6 +810,7 @@ fn plan(
                             dst: snap.endpoint_for_ip(b.ip()),
                             protocol: r.protocol,
                             port: b.port(),
+                            transport: Transport::Plaintext,
                         })
                         .allowed()
                     })
@@ -820,6 +822,7 @@ fn plan(
                     dst: snap.endpoint_for_ip(b.ip()),
                     protocol: r.protocol,
                     port: b.port(),
+                    transport: Transport::Plaintext,
                 };
                 probes.push(Probe {
                     from: src.key(),
@@ -849,6 +852,7 @@ fn plan(
                             dst: snap.endpoint_for_ip(*ip),
                             protocol: Protocol::Tcp,
                             port: *port,
+                            transport: Transport::Plaintext,
                         };
                         let allowed = snap.authorize(&flow).allowed();
                         probes.push(Probe {
@@ -1135,6 +1139,7 @@ fn check_tutorial(
                     dst,
                     protocol: proto,
                     port: e.port,
+                    transport: Transport::Plaintext,
                 })
                 .allowed(),
             ),
