@@ -53,6 +53,8 @@ enum Command {
     Node(cmd::node::NodeArgs),
     /// Build a scenario's cluster in network namespaces, enforce it, and probe it.
     Lab(cmd::lab::LabArgs),
+    /// The offline CA: create one, issue node certificates for the mTLS tunnel.
+    Ca(cmd::ca::CaArgs),
     /// The lab's built-in pod servers (used by `netward lab`).
     #[command(hide = true)]
     LabServe(cmd::lab::ServeArgs),
@@ -70,5 +72,6 @@ fn main() -> ExitCode {
         Command::Node(args) => cmd::node::node(&args),
         Command::Lab(args) => cmd::lab::lab(&args),
         Command::LabServe(args) => cmd::lab::serve(&args),
+        Command::Ca(args) => cmd::ca::ca(&args),
     }
 }
