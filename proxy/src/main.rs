@@ -51,6 +51,8 @@ enum Command {
     Cleanup(cmd::run::CleanupArgs),
     /// The node agent: watch the Kubernetes API and enforce on this node (DaemonSet).
     Node(cmd::node::NodeArgs),
+    /// Sign netward's node-tunnel CertificateSigningRequests (a one-replica Deployment).
+    Signer(cmd::signer::SignerArgs),
     /// Build a scenario's cluster in network namespaces, enforce it, and probe it.
     Lab(cmd::lab::LabArgs),
     /// The offline CA: create one, issue node certificates for the mTLS tunnel.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(&args),
         Command::Cleanup(args) => cmd::run::cleanup(&args),
         Command::Node(args) => cmd::node::node(&args),
+        Command::Signer(args) => cmd::signer::signer(&args),
         Command::Lab(args) => cmd::lab::lab(&args),
         Command::LabServe(args) => cmd::lab::serve(&args),
         Command::Ca(args) => cmd::ca::ca(&args),

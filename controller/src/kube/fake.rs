@@ -6,6 +6,19 @@
 //! `resourceVersion` (`?watch=true`), `allowWatchBookmarks` (BOOKMARK events), and the
 //! faults a node agent must survive: 410 Gone (as an `ERROR` event or an HTTP 410
 //! response), dropped connections, and an outage (connections closed on accept).
+//!
+//! For `netward signer` and the node agent's certificate requests it also serves
+//! `certificates.k8s.io/v1` CertificateSigningRequests (create, get, list, watch, and the
+//! `approval` and `status` subresources), `coordination.k8s.io/v1` Leases, and core
+//! Secrets, ConfigMaps and Pods by name in a namespace (get, create, replace). A replace
+//! whose `metadata.resourceVersion` is not the stored one is answered `409 Conflict`,
+//! as optimistic concurrency requires. `fieldSelector` equality on any field path
+//! (`metadata.name=…`, `spec.signerName=…`) filters lists and watches.
+//!
+//! Requests are authenticated by bearer token ([`FakeApi::add_user`],
+//! [`FakeApi::kubeconfig_with_token`]): like a real API server, the fake overwrites a
+//! created CSR's `spec.username`, `groups`, `uid` and `extra` with the caller's user
+//! info (`system:anonymous` without a known token).
 #![allow(clippy::unwrap_used)] // test support: a poisoned lock is a failed test
 
 use std::collections::BTreeMap;
@@ -26,6 +39,124 @@ use super::Kind;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
+/// A resource the fake serves: its index in [`RESOURCES`] (the first four are
+/// [`Kind`]s, in [`Kind::ALL`] order).
+type Res = usize;
+
+struct ResInfo {
+    /// `""` for the core group.
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+}
+
+const fn res(
+    group: &'static str,
+    version: &'static str,
+    plural: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+) -> ResInfo {
+    ResInfo {
+        group,
+        version,
+        plural,
+        kind,
+        namespaced,
+    }
+}
+
+/// Everything served: the watched kinds first, then what the signer uses.
+const RESOURCES: [ResInfo; 8] = [
+    res("", "v1", "namespaces", "Namespace", false),
+    res("", "v1", "nodes", "Node", false),
+    res("", "v1", "pods", "Pod", true),
+    res(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        true,
+    ),
+    res(
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+        "CertificateSigningRequest",
+        false,
+    ),
+    res("coordination.k8s.io", "v1", "leases", "Lease", true),
+    res("", "v1", "secrets", "Secret", true),
+    res("", "v1", "configmaps", "ConfigMap", true),
+];
+const N_RES: usize = RESOURCES.len();
+const CSR: Res = 4;
+
+impl ResInfo {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// A caller's identity, as the API server's authenticator would report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserInfo {
+    /// `system:serviceaccount:<namespace>:<name>` for a service account.
+    pub username: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// Its uid.
+    pub uid: String,
+    /// Extra attributes: a bound service-account token carries
+    /// `authentication.kubernetes.io/pod-name`, `pod-uid` and `node-name`.
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+impl UserInfo {
+    /// A service account's user info, with the extras of a token bound to a pod on a
+    /// node (either may be absent).
+    pub fn service_account(
+        namespace: &str,
+        name: &str,
+        pod: Option<(&str, &str)>,
+        node: Option<&str>,
+    ) -> UserInfo {
+        let mut extra = BTreeMap::new();
+        if let Some((pod_name, pod_uid)) = pod {
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".to_owned(),
+                vec![pod_name.to_owned()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".to_owned(),
+                vec![pod_uid.to_owned()],
+            );
+        }
+        if let Some(node) = node {
+            extra.insert(
+                "authentication.kubernetes.io/node-name".to_owned(),
+                vec![node.to_owned()],
+            );
+        }
+        UserInfo {
+            username: format!("system:serviceaccount:{namespace}:{name}"),
+            groups: vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".to_owned(),
+            ],
+            uid: format!("uid-{namespace}-{name}"),
+            extra,
+        }
+    }
+}
+
 /// What the server has done so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -41,27 +172,36 @@ pub struct Stats {
     pub refused: u64,
     /// Watch streams cut mid-stream.
     pub dropped: u64,
+    /// Objects created through the API (POST).
+    pub creates: u64,
+    /// Objects replaced through the API (PUT, subresources included).
+    pub replaces: u64,
+    /// Replaces refused with 409 Conflict (stale resourceVersion) and creates refused
+    /// with 409 AlreadyExists.
+    pub conflicts: u64,
 }
 
 struct Entry {
     rv: u64,
-    kind: Kind,
+    kind: Res,
     typ: &'static str,
     object: Arc<Value>,
 }
 
 struct State {
     rv: u64,
-    objects: [BTreeMap<(String, String), Arc<Value>>; 4],
-    kind_names: [&'static str; 4],
-    api_versions: [&'static str; 4],
+    objects: [BTreeMap<(String, String), Arc<Value>>; N_RES],
     /// Every change with its resourceVersion, oldest first (those after `compacted`).
     history: Vec<Entry>,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
     down: bool,
     /// Per kind: answer 500 to its lists and watches.
-    unavailable: [bool; 4],
+    unavailable: [bool; N_RES],
+    /// Bearer token → user.
+    users: BTreeMap<String, UserInfo>,
+    /// For uids and generated names.
+    serial: u64,
     /// Answer the next continued list with HTTP 410.
     gone_as_http: bool,
     bookmark_every: Duration,
@@ -92,10 +232,10 @@ impl Default for FakeApi {
     }
 }
 
-fn kind_of<K: k8s_openapi::Resource>() -> Kind {
-    Kind::ALL
-        .into_iter()
-        .find(|k| k.resource() == K::URL_PATH_SEGMENT)
+fn kind_of<K: k8s_openapi::Resource>() -> Res {
+    RESOURCES
+        .iter()
+        .position(|r| r.plural == K::URL_PATH_SEGMENT && r.group == K::GROUP)
         .unwrap_or_else(|| panic!("the fake API server does not serve {}", K::KIND))
 }
 
@@ -108,12 +248,12 @@ impl FakeApi {
                 state: Mutex::new(State {
                     rv: 1,
                     objects: Default::default(),
-                    kind_names: ["Namespace", "Node", "Pod", "NetworkPolicy"],
-                    api_versions: ["v1", "v1", "v1", "networking.k8s.io/v1"],
                     history: Vec::new(),
                     compacted: 0,
                     down: false,
-                    unavailable: [false; 4],
+                    unavailable: [false; N_RES],
+                    users: BTreeMap::new(),
+                    serial: 0,
                     gone_as_http: false,
                     bookmark_every: Duration::from_millis(500),
                     drop_epoch: 0,
@@ -156,7 +296,7 @@ impl FakeApi {
                     meta["name"].as_str().unwrap_or_default().to_owned(),
                 );
                 let v = Arc::new(v);
-                let typ = match s.objects[kind as usize].insert(key, v.clone()) {
+                let typ = match s.objects[kind].insert(key, v.clone()) {
                     Some(_) => "MODIFIED",
                     None => "ADDED",
                 };
@@ -175,9 +315,7 @@ impl FakeApi {
     pub fn delete<K: k8s_openapi::Resource>(&self, namespace: &str, name: &str) -> bool {
         let kind = kind_of::<K>();
         self.with_state(|s| {
-            let Some(old) =
-                s.objects[kind as usize].remove(&(namespace.to_owned(), name.to_owned()))
-            else {
+            let Some(old) = s.objects[kind].remove(&(namespace.to_owned(), name.to_owned())) else {
                 return false;
             };
             s.rv += 1;
@@ -207,7 +345,7 @@ impl FakeApi {
 
     /// Makes one resource unavailable (HTTP 500 to its lists and watches; kube's client retries a 503 itself for minutes) or available.
     pub fn set_unavailable(&self, kind: Kind, unavailable: bool) {
-        self.with_state(|s| s.unavailable[kind as usize] = unavailable);
+        self.with_state(|s| s.unavailable[kind as Res] = unavailable);
     }
 
     /// Cuts every open watch mid-stream (the client sees a broken connection).
@@ -246,6 +384,38 @@ impl FakeApi {
         self.with_state(|s| s.bookmark_every = every);
     }
 
+    /// One stored object (`namespace` empty for cluster-scoped kinds), as the API would
+    /// return it.
+    pub fn get<K: k8s_openapi::Resource + serde::de::DeserializeOwned>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<K> {
+        let kind = kind_of::<K>();
+        let v = self.inner.state.lock().unwrap().objects[kind]
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()?;
+        Some(serde_json::from_value((*v).clone()).unwrap())
+    }
+
+    /// Every stored object of a kind, in (namespace, name) order.
+    pub fn list_all<K: k8s_openapi::Resource + serde::de::DeserializeOwned>(&self) -> Vec<K> {
+        let kind = kind_of::<K>();
+        let values: Vec<Arc<Value>> = self.inner.state.lock().unwrap().objects[kind]
+            .values()
+            .cloned()
+            .collect();
+        values
+            .into_iter()
+            .map(|v| serde_json::from_value((*v).clone()).unwrap())
+            .collect()
+    }
+
+    /// Makes requests that carry `Authorization: Bearer <token>` come from `user`.
+    pub fn add_user(&self, token: &str, user: UserInfo) {
+        self.with_state(|s| s.users.insert(token.to_owned(), user));
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.inner.state.lock().unwrap().rv
@@ -270,6 +440,14 @@ impl FakeApi {
     pub fn kubeconfig(addr: SocketAddr) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
+        )
+    }
+
+    /// A kubeconfig that points a client at `addr` over plain HTTP and authenticates
+    /// with a bearer token (see [`FakeApi::add_user`]).
+    pub fn kubeconfig_with_token(addr: SocketAddr, token: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\nusers:\n- name: fake\n  user:\n    token: {token}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n"
         )
     }
 
@@ -301,13 +479,17 @@ impl FakeApi {
                             async move {
                                 // Kept-alive connections must not outlive an outage either:
                                 // an error from the service makes hyper close the connection.
-                                let mut st = api.inner.state.lock().unwrap();
-                                if st.down {
-                                    st.stats.refused += 1;
+                                let down = {
+                                    let mut st = api.inner.state.lock().unwrap();
+                                    if st.down {
+                                        st.stats.refused += 1;
+                                    }
+                                    st.down
+                                };
+                                if down {
                                     return Err(std::io::Error::other("the API server is down"));
                                 }
-                                drop(st);
-                                Ok(api.handle(req))
+                                Ok(api.handle(req).await)
                             }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
@@ -362,7 +544,7 @@ impl FakeApi {
         })
     }
 
-    fn handle(&self, req: hyper::Request<hyper::body::Incoming>) -> Response<Body> {
+    async fn handle(&self, req: hyper::Request<hyper::body::Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let query: BTreeMap<String, String> = req
             .uri()
@@ -370,36 +552,282 @@ impl FakeApi {
             .unwrap_or_default()
             .split('&')
             .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.to_owned(), percent_decode(v)))
             .collect();
-        let kind = match path.as_str() {
-            "/api/v1/namespaces" => Kind::Namespace,
-            "/api/v1/nodes" => Kind::Node,
-            "/api/v1/pods" => Kind::Pod,
-            "/apis/networking.k8s.io/v1/networkpolicies" => Kind::NetworkPolicy,
-            _ => {
-                return status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("{path} not found"),
-                );
-            }
+        let Some(route) = route(&path) else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{path} not found"),
+            );
         };
-        if self.inner.state.lock().unwrap().unavailable[kind as usize] {
+        let unavailable = self.inner.state.lock().unwrap().unavailable[route.res];
+        if unavailable {
             return status(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
                 "the fake says so",
             );
         }
-        if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-            self.watch(kind, &query)
-        } else {
-            self.list(kind, &query)
+        let user = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|token| self.inner.state.lock().unwrap().users.get(token).cloned());
+        let method = req.method().clone();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+            }
+        };
+        let ns = route.namespace.as_deref();
+        match (&method, route.name.as_deref(), route.subresource.as_deref()) {
+            (&hyper::Method::GET, None, None) => {
+                if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                    self.watch(route.res, ns, &query)
+                } else {
+                    self.list(route.res, ns, &query)
+                }
+            }
+            (&hyper::Method::GET, Some(name), None) => self.get_one(route.res, ns, name),
+            (&hyper::Method::POST, None, None) => match serde_json::from_slice(&body) {
+                Ok(obj) => self.create(route.res, ns, obj, user.as_ref()),
+                Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+            },
+            (&hyper::Method::PUT, Some(name), sub) => match serde_json::from_slice(&body) {
+                Ok(obj) => self.replace(route.res, ns, name, sub, obj),
+                Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()),
+            },
+            (&hyper::Method::DELETE, Some(name), None) => {
+                let key = (ns.unwrap_or_default().to_owned(), name.to_owned());
+                let res = route.res;
+                let removed = self.with_state(|s| {
+                    let old = s.objects[res].remove(&key)?;
+                    s.rv += 1;
+                    let mut v = (*old).clone();
+                    v["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+                    let v = Arc::new(v);
+                    let rv = s.rv;
+                    s.history.push(Entry {
+                        rv,
+                        kind: res,
+                        typ: "DELETED",
+                        object: v.clone(),
+                    });
+                    Some(v)
+                });
+                match removed {
+                    Some(v) => full(StatusCode::OK, serde_json::to_vec(&*v).unwrap_or_default()),
+                    None => not_found(res, name),
+                }
+            }
+            _ => status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                &format!("{method} {path} is not served by the fake"),
+            ),
         }
     }
 
-    fn list(&self, kind: Kind, query: &BTreeMap<String, String>) -> Response<Body> {
+    fn get_one(&self, res: Res, ns: Option<&str>, name: &str) -> Response<Body> {
+        let key = (ns.unwrap_or_default().to_owned(), name.to_owned());
+        let found = self.inner.state.lock().unwrap().objects[res]
+            .get(&key)
+            .cloned();
+        match found {
+            Some(v) => full(StatusCode::OK, serde_json::to_vec(&*v).unwrap_or_default()),
+            None => not_found(res, name),
+        }
+    }
+
+    fn create(
+        &self,
+        res: Res,
+        ns: Option<&str>,
+        mut obj: Value,
+        user: Option<&UserInfo>,
+    ) -> Response<Body> {
+        let info = &RESOURCES[res];
+        obj["kind"] = json!(info.kind);
+        obj["apiVersion"] = json!(info.api_version());
+        if res == CSR {
+            // The API server records who asked, whatever the request says.
+            let anonymous = UserInfo {
+                username: "system:anonymous".to_owned(),
+                groups: vec!["system:unauthenticated".to_owned()],
+                ..UserInfo::default()
+            };
+            let user = user.unwrap_or(&anonymous);
+            let spec = &mut obj["spec"];
+            if !spec.is_object() {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "spec: Required value",
+                );
+            }
+            spec["username"] = json!(user.username);
+            spec["groups"] = json!(user.groups);
+            spec["uid"] = json!(user.uid);
+            if user.extra.is_empty() {
+                if let Some(spec) = spec.as_object_mut() {
+                    spec.remove("extra");
+                }
+            } else {
+                spec["extra"] = json!(user.extra);
+            }
+        }
+        let out = self.with_state(|s| {
+            s.serial += 1;
+            let serial = s.serial;
+            let meta = &mut obj["metadata"];
+            if !meta.is_object() {
+                *meta = json!({});
+            }
+            if meta["name"].as_str().is_none_or(str::is_empty) {
+                match meta["generateName"].as_str() {
+                    Some(prefix) => meta["name"] = json!(format!("{prefix}{serial:05x}")),
+                    None => {
+                        return Err(Box::new(status(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Invalid",
+                            "metadata.name: Required value",
+                        )));
+                    }
+                }
+            }
+            if info.namespaced {
+                meta["namespace"] = json!(ns.unwrap_or("default"));
+            }
+            let key = (
+                meta["namespace"].as_str().unwrap_or_default().to_owned(),
+                meta["name"].as_str().unwrap_or_default().to_owned(),
+            );
+            if s.objects[res].contains_key(&key) {
+                s.stats.conflicts += 1;
+                return Err(Box::new(status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("{} \"{}\" already exists", info.plural, key.1),
+                )));
+            }
+            s.rv += 1;
+            let rv = s.rv;
+            meta["resourceVersion"] = json!(rv.to_string());
+            meta["uid"] = json!(format!("00000000-0000-4000-8000-{serial:012x}"));
+            meta["creationTimestamp"] = json!(now_rfc3339());
+            let v = Arc::new(obj);
+            s.objects[res].insert(key, v.clone());
+            s.history.push(Entry {
+                rv,
+                kind: res,
+                typ: "ADDED",
+                object: v.clone(),
+            });
+            s.stats.creates += 1;
+            Ok(v)
+        });
+        match out {
+            Ok(v) => full(
+                StatusCode::CREATED,
+                serde_json::to_vec(&*v).unwrap_or_default(),
+            ),
+            Err(resp) => *resp,
+        }
+    }
+
+    fn replace(
+        &self,
+        res: Res,
+        ns: Option<&str>,
+        name: &str,
+        sub: Option<&str>,
+        obj: Value,
+    ) -> Response<Body> {
+        let key = (ns.unwrap_or_default().to_owned(), name.to_owned());
+        let out = self.with_state(|s| {
+            let Some(old) = s.objects[res].get(&key).cloned() else {
+                return Err(Box::new(not_found(res, name)));
+            };
+            let given = obj["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            let stored = old["metadata"]["resourceVersion"].as_str().unwrap_or("");
+            if !given.is_empty() && given != stored {
+                s.stats.conflicts += 1;
+                return Err(Box::new(status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        RESOURCES[res].plural
+                    ),
+                )));
+            }
+            let mut new = match (res, sub) {
+                (CSR, Some("approval")) => {
+                    let mut new = (*old).clone();
+                    new["status"]["conditions"] = obj["status"]["conditions"].clone();
+                    new
+                }
+                (_, Some("status")) => {
+                    let mut new = (*old).clone();
+                    new["status"] = obj["status"].clone();
+                    new
+                }
+                (CSR, None) => {
+                    // spec is immutable and status has its own subresources.
+                    let mut new = obj.clone();
+                    new["spec"] = old["spec"].clone();
+                    new["status"] = old["status"].clone();
+                    new
+                }
+                (_, None) => obj.clone(),
+                (_, Some(other)) => {
+                    return Err(Box::new(status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("subresource {other} not found"),
+                    )));
+                }
+            };
+            if res == CSR
+                && let Err(why) = check_csr_status(&old["status"], &new["status"])
+            {
+                return Err(Box::new(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &why)));
+            }
+            // Identity fields are the server's.
+            for field in ["uid", "creationTimestamp", "name", "namespace"] {
+                new["metadata"][field] = old["metadata"][field].clone();
+            }
+            new["kind"] = old["kind"].clone();
+            new["apiVersion"] = old["apiVersion"].clone();
+            s.rv += 1;
+            let rv = s.rv;
+            new["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let v = Arc::new(new);
+            s.objects[res].insert(key.clone(), v.clone());
+            s.history.push(Entry {
+                rv,
+                kind: res,
+                typ: "MODIFIED",
+                object: v.clone(),
+            });
+            s.stats.replaces += 1;
+            Ok(v)
+        });
+        match out {
+            Ok(v) => full(StatusCode::OK, serde_json::to_vec(&*v).unwrap_or_default()),
+            Err(resp) => *resp,
+        }
+    }
+
+    fn list(
+        &self,
+        kind: Res,
+        ns: Option<&str>,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
         let mut s = self.inner.state.lock().unwrap();
         s.stats.lists += 1;
         let limit: usize = query
@@ -430,21 +858,22 @@ impl FakeApi {
                 "the continue token has expired",
             );
         }
-        let objects = &s.objects[kind as usize];
-        let items: Vec<&Value> = objects
+        let fields = field_selector(query);
+        let selected: Vec<&Value> = s.objects[kind]
             .values()
-            .skip(offset)
-            .take(limit)
             .map(|v| v.as_ref())
+            .filter(|v| selects(v, ns, &fields))
             .collect();
+        let total = selected.len();
+        let items: Vec<&Value> = selected.into_iter().skip(offset).take(limit).collect();
         let next = offset + items.len();
         let mut meta = json!({"resourceVersion": rv.to_string()});
-        if next < objects.len() {
+        if next < total {
             meta["continue"] = json!(format!("{rv}-{next}"));
         }
         let body = json!({
-            "kind": format!("{}List", s.kind_names[kind as usize]),
-            "apiVersion": s.api_versions[kind as usize],
+            "kind": format!("{}List", RESOURCES[kind].kind),
+            "apiVersion": RESOURCES[kind].api_version(),
             "metadata": meta,
             "items": items,
         });
@@ -455,7 +884,12 @@ impl FakeApi {
         )
     }
 
-    fn watch(&self, kind: Kind, query: &BTreeMap<String, String>) -> Response<Body> {
+    fn watch(
+        &self,
+        kind: Res,
+        ns: Option<&str>,
+        query: &BTreeMap<String, String>,
+    ) -> Response<Body> {
         let from: u64 = query
             .get("resourceVersion")
             .and_then(|v| v.parse().ok())
@@ -467,20 +901,27 @@ impl FakeApi {
             .get("timeoutSeconds")
             .and_then(|t| t.parse().ok())
             .map_or(Duration::from_secs(300), Duration::from_secs);
+        let ns = ns.map(str::to_owned);
+        let fields = field_selector(query);
+        let selected = move |v: &Value| selects(v, ns.as_deref(), &fields);
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(256);
         let mut s = self.inner.state.lock().unwrap();
         let mut pending: Vec<Bytes> = Vec::new();
         let mut gone = false;
         if from == 0 {
             // "Any" semantics: the current objects as ADDED, then changes.
-            for v in s.objects[kind as usize].values() {
+            for v in s.objects[kind].values().filter(|v| selected(v)) {
                 pending.push(event_line("ADDED", v));
             }
         } else if from < s.compacted {
             s.stats.gone += 1;
             gone = true;
         } else {
-            for e in s.history.iter().filter(|e| e.kind == kind && e.rv > from) {
+            for e in s
+                .history
+                .iter()
+                .filter(|e| e.kind == kind && e.rv > from && selected(&e.object))
+            {
                 pending.push(event_line(e.typ, &e.object));
             }
         }
@@ -488,8 +929,8 @@ impl FakeApi {
         // Everything up to here is in `pending` (or the watch is gone).
         let start_rv = s.rv;
         let (drop_epoch, gone_epoch) = (s.drop_epoch, s.gone_epoch);
-        let kind_name = s.kind_names[kind as usize];
-        let api_version = s.api_versions[kind as usize];
+        let kind_name = RESOURCES[kind].kind;
+        let api_version = RESOURCES[kind].api_version();
         drop(s);
 
         let api = self.clone();
@@ -522,7 +963,7 @@ impl FakeApi {
                         let start = s.history.partition_point(|e| e.rv <= sent);
                         let lines: Vec<Bytes> = s.history[start..]
                             .iter()
-                            .filter(|e| e.kind == kind)
+                            .filter(|e| e.kind == kind && selected(&e.object))
                             .map(|e| event_line(e.typ, &e.object))
                             .collect();
                         sent = sent.max(s.rv);
@@ -530,7 +971,7 @@ impl FakeApi {
                         if bookmarks && last_bookmark.elapsed() >= s.bookmark_every {
                             s.stats.bookmarks += 1;
                             last_bookmark = tokio::time::Instant::now();
-                            lines.push(bookmark_line(kind_name, api_version, s.rv));
+                            lines.push(bookmark_line(kind_name, &api_version, s.rv));
                         }
                         (lines, false, false, s.bookmark_every)
                     }
@@ -648,4 +1089,152 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
         code,
         serde_json::to_vec(&status_json(code, reason, message)).unwrap_or_default(),
     )
+}
+
+struct Route {
+    res: Res,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+/// `/api/v1[/namespaces/<ns>]/<plural>[/<name>[/<sub>]]` and
+/// `/apis/<group>/<version>[/namespaces/<ns>]/<plural>[/<name>[/<sub>]]`.
+fn route(path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let find = |plural: &str| {
+        RESOURCES
+            .iter()
+            .position(|r| r.group == group && r.version == version && r.plural == plural)
+    };
+    let own = |s: &&str| Some((*s).to_owned());
+    let (res, namespace, tail) = match rest {
+        ["namespaces", ns, plural, tail @ ..] => {
+            let res = find(plural).filter(|r| RESOURCES[*r].namespaced)?;
+            (res, own(ns), tail)
+        }
+        [plural, tail @ ..] => (find(plural)?, None, tail),
+        [] => return None,
+    };
+    let (name, subresource) = match tail {
+        [] => (None, None),
+        [name] => (own(name), None),
+        [name, sub] => (own(name), own(sub)),
+        _ => return None,
+    };
+    Some(Route {
+        res,
+        namespace,
+        name,
+        subresource,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+            i += 3;
+            continue;
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `fieldSelector=a.b=c,d=e`: (path, value) pairs, all of which must hold.
+fn field_selector(query: &BTreeMap<String, String>) -> Vec<(Vec<String>, String)> {
+    query
+        .get("fieldSelector")
+        .map(|sel| {
+            sel.split(',')
+                .filter_map(|term| term.split_once('='))
+                .map(|(path, value)| {
+                    (
+                        path.trim_end_matches('=')
+                            .split('.')
+                            .map(str::to_owned)
+                            .collect(),
+                        value.trim_start_matches('=').to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn selects(v: &Value, ns: Option<&str>, fields: &[(Vec<String>, String)]) -> bool {
+    if let Some(ns) = ns
+        && v["metadata"]["namespace"].as_str() != Some(ns)
+    {
+        return false;
+    }
+    fields.iter().all(|(path, want)| {
+        let got = path.iter().fold(v, |v, seg| &v[seg.as_str()]);
+        got.as_str() == Some(want.as_str())
+    })
+}
+
+fn not_found(res: Res, name: &str) -> Response<Body> {
+    let info = &RESOURCES[res];
+    let group = if info.group.is_empty() {
+        String::new()
+    } else {
+        format!(".{}", info.group)
+    };
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{}{group} \"{name}\" not found", info.plural),
+    )
+}
+
+fn now_rfc3339() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
+}
+
+/// What the API server's CSR validation enforces on a status change: a certificate
+/// only on an approved, not denied or failed, request; approval and denial exclusive;
+/// an issued certificate never changes.
+fn check_csr_status(old: &Value, new: &Value) -> Result<(), String> {
+    let has = |status: &Value, typ: &str| {
+        status["conditions"]
+            .as_array()
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == typ && c["status"] == "True"))
+    };
+    if has(new, "Approved") && has(new, "Denied") {
+        return Err(
+            "status.conditions: Approved and Denied conditions are mutually exclusive".to_owned(),
+        );
+    }
+    let cert = new["certificate"].as_str().unwrap_or_default();
+    let old_cert = old["certificate"].as_str().unwrap_or_default();
+    if !old_cert.is_empty() && cert != old_cert {
+        return Err(
+            "status.certificate: Forbidden: updates may not modify existing certificate content"
+                .to_owned(),
+        );
+    }
+    if !cert.is_empty() && (!has(new, "Approved") || has(new, "Denied") || has(new, "Failed")) {
+        return Err("status.certificate: Forbidden: certificate may only be set on an approved request that has not failed".to_owned());
+    }
+    Ok(())
 }
