@@ -342,12 +342,15 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
-    /// Whether a plaintext connection into `dst` comes from another node while `dst`'s
-    /// namespace is strict. Same-node traffic stays local and in clear. A source pod
+    /// Whether a plaintext TCP connection into `dst` comes from another node while
+    /// `dst`'s namespace is strict. Same-node traffic stays local and in clear. A source pod
     /// whose node is unknown, or a destination without a node, counts as local (the
     /// datapath always knows the node of the pods it enforces for).
     fn is_plaintext_under_strict(&self, dst: PodId, flow: &Flow) -> bool {
+        // The tunnel carries TCP only; UDP and SCTP keep flowing as before (as with
+        // ztunnel), so strict governs TCP connections.
         if flow.transport == Transport::Tunnel
+            || flow.protocol != Protocol::Tcp
             || self.mtls_mode(dst) != crate::model::MtlsMode::Strict
         {
             return false;

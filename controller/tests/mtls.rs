@@ -129,6 +129,21 @@ fn strict_refuses_cross_node_plaintext_and_nothing_else() {
 }
 
 #[test]
+fn strict_governs_tcp_only_as_the_tunnel_carries_tcp_only() {
+    let s = snap("");
+    for protocol in [Protocol::Udp, Protocol::Sctp] {
+        let flow = Flow {
+            src: ep(&s, "plain/client"),
+            dst: ep(&s, "strict/web"),
+            protocol,
+            port: 53,
+            transport: Transport::Plaintext,
+        };
+        assert_eq!(side(&s, &s.authorize(&flow).ingress), "not-isolated");
+    }
+}
+
+#[test]
 fn the_tunnel_never_bypasses_policy() {
     let s = snap(
         r#"

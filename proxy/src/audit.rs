@@ -112,6 +112,17 @@ pub struct Record {
     /// How: `fin`, `rst`, `idle-timeout`, `revoked`, `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub close: Option<String>,
+    /// Whether the connection crossed between nodes inside the mTLS tunnel.
+    #[serde(default)]
+    pub mtls: bool,
+    /// The other node of the tunnel, from its certificate (the destination node at the
+    /// source, the source node at the destination).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_node: Option<String>,
+    /// What went wrong beyond the policy decision: a tunnel refusal by the far end, a
+    /// tunnel that could not be opened, or a refused TLS handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds (no time-zone database needed).
@@ -544,6 +555,9 @@ pub fn record(
         duration_ms: None,
         closed_by: None,
         close: None,
+        mtls: false,
+        peer_node: None,
+        detail: None,
     }
 }
 

@@ -33,7 +33,7 @@ use crate::metrics::{BytesLabels, ConnLabels, Metrics};
 use crate::net::{ClientAddr, OrigDst, connect_upstream, transparent_listener};
 use crate::packet::FlowKey;
 use crate::relay::{End, RelayOptions, Side, relay_until};
-use crate::verdict::{Action, VerdictConfig, run_queue};
+use crate::verdict::{Action, LaterSlot, VerdictConfig, run_queue_deferrable};
 
 /// Errors that stop the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,8 @@ pub struct Options {
     pub audit_open: bool,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The mTLS tunnel between node proxies, when this node takes part.
+    pub mtls: Option<crate::mesh::MtlsOptions>,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             audit: audit::Sink::disabled(),
             audit_open: false,
             metrics: Arc::new(Metrics::default()),
+            mtls: None,
         }
     }
 }
@@ -279,8 +282,13 @@ impl NodePolicy {
     }
 
     /// Decides a flow against the current snapshot.
-    pub fn decide(&self, key: &FlowKey) -> NodeDecision {
-        decide(&self.snapshot(), self.node.as_deref(), key)
+    pub fn decide(&self, key: &FlowKey, transport: Transport) -> NodeDecision {
+        decide(&self.snapshot(), self.node.as_deref(), key, transport)
+    }
+
+    /// This node's name, if it only enforces for its own pods.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// The IPs of this node's pods, which the rules divert.
@@ -294,13 +302,19 @@ fn is_local(pod: &netward_controller::model::Pod, node: Option<&str>) -> bool {
 }
 
 /// Decides a flow for a node: the engine's one evaluation, then the sides this node owns.
-pub fn decide(snap: &Arc<Snapshot>, node: Option<&str>, key: &FlowKey) -> NodeDecision {
+/// `transport` is how the flow reaches the destination's node (the tunnel or not).
+pub fn decide(
+    snap: &Arc<Snapshot>,
+    node: Option<&str>,
+    key: &FlowKey,
+    transport: Transport,
+) -> NodeDecision {
     let flow = Flow {
         src: snap.endpoint_for_ip(key.src.ip()),
         dst: snap.endpoint_for_ip(key.dst.ip()),
         protocol: key.protocol,
         port: key.dst.port(),
-        transport: Transport::Plaintext,
+        transport,
     };
     let decision = snap.authorize(&flow);
     let local =
@@ -408,10 +422,49 @@ async fn serve(
 ) -> Result<()> {
     let pending = Arc::new(Pending::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let (stop_tunnel, stop_tunnel_rx) = watch::channel(false);
+
+    // The mTLS tunnel: the listener (advertised once up), and the source side's pool.
+    let mut tunnel_server = None;
+    let mesh = match &opts.mtls {
+        None => None,
+        Some(mtls) => {
+            match crate::mtls::ktls::probe() {
+                crate::mtls::ktls::KtlsSupport::Available => {
+                    info!("kernel TLS is available; the tunnel uses userspace rustls")
+                }
+                crate::mtls::ktls::KtlsSupport::Unavailable { reason } => {
+                    info!(reason = %reason, "kernel TLS unavailable; the tunnel uses userspace rustls")
+                }
+            }
+            let _reloader = mtls.identity.spawn_reloader(Duration::from_secs(5));
+            let peers =
+                crate::mtls::peers::watch_dir(mtls.peers_dir.clone(), Duration::from_millis(200));
+            let handler = Arc::new(crate::mesh::TunnelHandler {
+                policy: policy.clone(),
+                opts: opts.clone(),
+                listen: mtls.listen,
+            });
+            tunnel_server = Some(
+                crate::mesh::start_server(mtls, handler, stop_tunnel_rx)
+                    .await
+                    .map_err(|source| Error::Listen {
+                        addr: mtls.listen,
+                        source,
+                    })?,
+            );
+            Some(Arc::new(crate::mesh::Mesh::new(
+                mtls,
+                peers,
+                tokio::runtime::Handle::current(),
+            )))
+        }
+    };
 
     // The verdict thread: blocking netlink I/O, off the async workers.
     let verdicts = {
         let (policy, pending, stop) = (policy.clone(), pending.clone(), stop.clone());
+        let (mesh, opts2) = (mesh.clone(), opts.clone());
         let cfg = VerdictConfig {
             queue_num: opts.rules.queue_num,
             reject_mark: opts.rules.marks.reject,
@@ -421,7 +474,15 @@ async fn serve(
         let (reject, audit, metrics) = (opts.reject, opts.audit.clone(), opts.metrics.clone());
         std::thread::Builder::new()
             .name("netward-verdict".into())
-            .spawn(move || verdict_loop(&cfg, &policy, &pending, &stop, reject, &audit, &metrics))
+            .spawn(move || {
+                let vctx = VerdictCtx {
+                    policy: &policy,
+                    pending: &pending,
+                    mesh: mesh.as_ref(),
+                    opts: &opts2,
+                };
+                verdict_loop(&cfg, &vctx, &stop, reject, &audit, &metrics)
+            })
             .map_err(|source| Error::Listen {
                 addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.rules.tcp_port)),
                 source,
@@ -446,6 +507,7 @@ async fn serve(
             policy: policy.clone(),
             pending: pending.clone(),
             opts: opts.clone(),
+            mesh: mesh.clone(),
         };
         listeners.push(tokio::spawn(
             accept_loop(listener, ctx).instrument(info_span!("listener", listen.addr = %addr)),
@@ -492,6 +554,16 @@ async fn serve(
         () = shutdown => info!("shutting down"),
         () = follow => {}
     }
+    if let Some(mtls) = &opts.mtls {
+        // Withdraw first, so that sources stop choosing this node for new streams.
+        if let Err(e) = crate::mtls::peers::withdraw(&mtls.peers_dir, mtls.identity.node()) {
+            warn!(error = %e, "cannot withdraw the tunnel advertisement");
+        }
+    }
+    let _ = stop_tunnel.send(true);
+    if let Some(t) = tunnel_server {
+        t.abort();
+    }
     stop.store(true, Ordering::Relaxed);
     for l in listeners {
         l.abort();
@@ -500,21 +572,36 @@ async fn serve(
     Ok(())
 }
 
+/// What the verdict thread decides with.
+struct VerdictCtx<'a> {
+    policy: &'a NodePolicy,
+    pending: &'a Pending,
+    mesh: Option<&'a Arc<crate::mesh::Mesh>>,
+    opts: &'a Options,
+}
+
 fn verdict_loop(
     cfg: &VerdictConfig,
-    policy: &NodePolicy,
-    pending: &Pending,
+    vctx: &VerdictCtx<'_>,
     stop: &AtomicBool,
     reject: bool,
     audit: &audit::Sink,
     metrics: &Metrics,
 ) {
+    let (policy, pending) = (vctx.policy, vctx.pending);
     let recent = RecentDenials {
         map: Mutex::new(HashMap::new()),
     };
-    let decide = |key: &FlowKey| -> Action {
+    let decide = |key: &FlowKey, slot: &LaterSlot<'_>| -> Action {
         let started = Instant::now();
-        let d = policy.decide(key);
+        let snap = policy.snapshot();
+        let route = vctx.mesh.and_then(|m| m.route(&snap, policy.node(), key));
+        let d = decide(
+            &snap,
+            policy.node(),
+            key,
+            crate::mesh::transport_of(route.as_ref()),
+        );
         metrics
             .verdict_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -527,6 +614,15 @@ fn verdict_loop(
             .get_or_create(&d.metric_labels(key.protocol))
             .inc();
         if d.allowed {
+            if let (Some(route), Some(mesh)) = (route, vctx.mesh) {
+                // Held until the destination node has answered (see `mesh`).
+                if mesh.in_flight(key) {
+                    // A retransmitted SYN: the first one is held and will be answered.
+                    return Action::Drop;
+                }
+                mesh.start_open(*key, d, route, slot.take(), vctx.opts);
+                return Action::Defer;
+            }
             if key.protocol == Protocol::Tcp {
                 pending.insert((key.src, key.dst), d);
             } else {
@@ -565,7 +661,7 @@ fn verdict_loop(
         }
     };
     while !stop.load(Ordering::Relaxed) {
-        match run_queue(cfg, &decide, stop) {
+        match run_queue_deferrable(cfg, &decide, stop) {
             Ok(()) => break,
             Err(e) => {
                 // Fail closed meanwhile: without a reader the kernel drops queued packets.
@@ -581,6 +677,7 @@ struct Ctx {
     policy: NodePolicy,
     pending: Arc<Pending>,
     opts: Options,
+    mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Ctx) {
@@ -621,11 +718,41 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         src: peer,
         dst: orig,
     };
-    // The verdict from the queue, or (if it expired) the same decision again.
-    let decision = ctx
-        .pending
-        .take(&(peer, orig))
-        .unwrap_or_else(|| ctx.policy.decide(&key));
+    // A connection whose SYN waited for its tunnel stream: relay into that stream.
+    if let Some(mesh) = &ctx.mesh
+        && let Some((stream, d)) = mesh.take_ready(&(peer, orig))
+    {
+        let revoke = revoked(ctx.policy.clone(), key, Transport::Tunnel);
+        crate::mesh::relay_tunneled(
+            client,
+            stream,
+            (&d, &key),
+            mesh.idle_timeout(),
+            &ctx.opts,
+            revoke,
+        )
+        .await;
+        return;
+    }
+    // The verdict from the queue, or (if it expired) the same decision again. A flow
+    // that belongs in the tunnel but has no stream is refused: never plaintext instead.
+    let decision = ctx.pending.take(&(peer, orig)).unwrap_or_else(|| {
+        let snap = ctx.policy.snapshot();
+        let route = ctx
+            .mesh
+            .as_ref()
+            .and_then(|m| m.route(&snap, ctx.policy.node(), &key));
+        let mut d = decide(
+            &snap,
+            ctx.policy.node(),
+            &key,
+            crate::mesh::transport_of(route.as_ref()),
+        );
+        if route.is_some() {
+            d.allowed = false;
+        }
+        d
+    });
     let audit = &ctx.opts.audit;
     if !decision.allowed {
         debug!("denied at accept (the snapshot changed since the SYN)");
@@ -676,21 +803,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         }
     };
     // Re-check on every new snapshot; end the relay with resets when no longer allowed.
-    let revoke = {
-        let policy = ctx.policy.clone();
-        let mut rx = policy.snapshots.clone();
-        async move {
-            loop {
-                if rx.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                let snap = rx.borrow_and_update().clone();
-                if !decide(&snap, policy.node.as_deref(), &key).allowed {
-                    return;
-                }
-            }
-        }
-    };
+    let revoke = revoked(ctx.policy.clone(), key, Transport::Plaintext);
     let metrics = &ctx.opts.metrics;
     metrics.active.inc();
     let relayed = relay_until(client, upstream, &ctx.opts.relay, revoke).await;
@@ -742,6 +855,20 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         r.closed_by = Some(by.to_owned());
         r.close = Some(how.to_owned());
         audit.send(audit::Event::Record(Box::new(r)));
+    }
+}
+
+/// Completes when a new snapshot no longer allows the flow.
+async fn revoked(policy: NodePolicy, key: FlowKey, transport: Transport) {
+    let mut rx = policy.snapshots.clone();
+    loop {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let snap = rx.borrow_and_update().clone();
+        if !decide(&snap, policy.node.as_deref(), &key, transport).allowed {
+            return;
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod datapath;
 pub mod lab;
+pub mod mesh;
 pub mod metrics;
 pub mod mtls;
 pub mod net;

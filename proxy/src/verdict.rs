@@ -20,6 +20,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,9 @@ pub enum Action {
     Drop,
     /// Accept it with the REJECT mark: the client gets a TCP reset or an ICMP error.
     Reject,
+    /// Hold it: the decider took the packet's [`Later`] and answers when it knows
+    /// (the mTLS tunnel's far end has accepted or refused the connection).
+    Defer,
 }
 
 impl fmt::Display for Action {
@@ -70,6 +74,7 @@ impl fmt::Display for Action {
             Action::Accept => "accept",
             Action::Drop => "drop",
             Action::Reject => "reject",
+            Action::Defer => "defer",
         })
     }
 }
@@ -220,6 +225,10 @@ pub struct Stats {
     pub latency_ns_sum: AtomicU64,
     /// Verdicts timed in `latency_ns_sum`.
     pub latency_count: AtomicU64,
+    /// Packets held for a later verdict ([`Action::Defer`]).
+    pub deferred: AtomicU64,
+    /// Held packets answered (by the decider, or dropped when its answer was lost).
+    pub deferred_answered: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -258,6 +267,8 @@ impl Stats {
             verdict_errors: AtomicU64::new(0),
             latency_ns_sum: AtomicU64::new(0),
             latency_count: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+            deferred_answered: AtomicU64::new(0),
         }
     }
 
@@ -316,6 +327,102 @@ pub fn run_queue(
     decide: &(dyn Fn(&FlowKey) -> Action + Sync),
     stop: &AtomicBool,
 ) -> Result<()> {
+    run_queue_deferrable(cfg, &|key, _later| decide(key), stop)
+}
+
+/// A queued packet whose verdict is given later, from any thread. Dropping it without
+/// answering drops the packet (fail closed).
+#[derive(Debug)]
+pub struct Later {
+    fd: Arc<OwnedFd>,
+    cfg: VerdictConfig,
+    id: u32,
+    mark: u32,
+    answered: bool,
+}
+
+impl Later {
+    /// Answers the held packet: accept, drop or reject (`Defer` counts as drop).
+    pub fn answer(mut self, action: Action) {
+        self.send(action);
+    }
+
+    fn send(&mut self, action: Action) {
+        if self.answered {
+            return;
+        }
+        self.answered = true;
+        STATS.deferred_answered.fetch_add(1, Ordering::Relaxed);
+        let (verdict, mark, counter) = verdict_of(&self.cfg, action, self.mark);
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(64);
+        encode_verdict(&mut out, self.cfg.queue_num, self.id, verdict, mark);
+        loop {
+            match socket::send(self.fd.as_raw_fd(), &out, MsgFlags::empty()) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    // The packet stays queued until the queue closes: the client times out.
+                    STATS.verdict_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(queue = self.cfg.queue_num, error = %e, "cannot send a deferred verdict");
+                }
+                Ok(_) => {}
+            }
+            break;
+        }
+    }
+}
+
+impl Drop for Later {
+    fn drop(&mut self) {
+        self.send(Action::Drop);
+    }
+}
+
+/// Hands out the [`Later`] of the packet being decided; only taken when the decider
+/// returns [`Action::Defer`].
+pub struct LaterSlot<'a> {
+    fd: &'a Arc<OwnedFd>,
+    cfg: &'a VerdictConfig,
+    id: u32,
+    mark: u32,
+    taken: &'a std::cell::Cell<bool>,
+}
+
+impl LaterSlot<'_> {
+    /// Takes the packet's later answer; the decider must then return [`Action::Defer`].
+    pub fn take(&self) -> Later {
+        self.taken.set(true);
+        STATS.deferred.fetch_add(1, Ordering::Relaxed);
+        Later {
+            fd: self.fd.clone(),
+            cfg: *self.cfg,
+            id: self.id,
+            mark: self.mark,
+            answered: false,
+        }
+    }
+}
+
+/// The verdict, the mark to set and the counter of an action.
+fn verdict_of(
+    cfg: &VerdictConfig,
+    action: Action,
+    mark: u32,
+) -> (u32, Option<u32>, &'static AtomicU64) {
+    match action {
+        Action::Accept => (VERDICT_ACCEPT, None, &STATS.accepted),
+        Action::Drop | Action::Defer => (VERDICT_DROP, None, &STATS.dropped),
+        Action::Reject => (VERDICT_ACCEPT, Some(cfg.reject(mark)), &STATS.rejected),
+    }
+}
+
+/// Like [`run_queue`], but the decider may hold a packet ([`Action::Defer`]) after taking
+/// its [`Later`] from the slot, and answer it from another thread.
+pub fn run_queue_deferrable(
+    cfg: &VerdictConfig,
+    decide: &(dyn Fn(&FlowKey, &LaterSlot<'_>) -> Action + Sync),
+    stop: &AtomicBool,
+) -> Result<()> {
     cfg.validate()?;
     let mut queue = Queue::open(cfg)?;
     tracing::info!(
@@ -360,7 +467,7 @@ pub fn run_queue(
 
 /// An open, bound queue.
 struct Queue {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     num: u16,
     seq: u32,
     out: Vec<u8>,
@@ -394,7 +501,7 @@ impl Queue {
             let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &rcvbuf);
         }
         let mut q = Self {
-            fd,
+            fd: Arc::new(fd),
             num: queue,
             seq: 0,
             out: Vec::with_capacity(128),
@@ -469,14 +576,30 @@ impl Queue {
         &mut self,
         cfg: &VerdictConfig,
         p: &PacketMsg<'_>,
-        decide: &(dyn Fn(&FlowKey) -> Action + Sync),
+        decide: &(dyn Fn(&FlowKey, &LaterSlot<'_>) -> Action + Sync),
     ) -> Result<()> {
         STATS.seen.fetch_add(1, Ordering::Relaxed);
+        let taken = std::cell::Cell::new(false);
+        let slot = LaterSlot {
+            fd: &self.fd,
+            cfg,
+            id: p.id,
+            mark: p.mark,
+            taken: &taken,
+        };
         let action = match parse_packet(p.payload) {
             Ok(flow) => {
-                let action = decide(&flow);
+                let action = decide(&flow, &slot);
                 tracing::debug!(flow = %flow, %action, "verdict");
-                action
+                if action == Action::Defer {
+                    if taken.get() {
+                        return Ok(());
+                    }
+                    // A decider that defers without taking the answer: fail closed.
+                    Action::Drop
+                } else {
+                    action
+                }
             }
             Err(e) => {
                 STATS.parse_errors.fetch_add(1, Ordering::Relaxed);
@@ -484,11 +607,7 @@ impl Queue {
                 Action::Drop
             }
         };
-        let (verdict, mark, counter) = match action {
-            Action::Accept => (VERDICT_ACCEPT, None, &STATS.accepted),
-            Action::Drop => (VERDICT_DROP, None, &STATS.dropped),
-            Action::Reject => (VERDICT_ACCEPT, Some(cfg.reject(p.mark)), &STATS.rejected),
-        };
+        let (verdict, mark, counter) = verdict_of(cfg, action, p.mark);
         counter.fetch_add(1, Ordering::Relaxed);
         encode_verdict(&mut self.out, self.num, p.id, verdict, mark);
         self.send().map_err(|source| Error::Verdict {

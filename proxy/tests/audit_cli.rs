@@ -139,6 +139,9 @@ fn base(time: &str, verdict: &str, src: Peer, dst: Peer) -> Record {
         duration_ms: None,
         closed_by: None,
         close: None,
+        mtls: false,
+        peer_node: None,
+        detail: None,
     }
 }
 

@@ -11,10 +11,11 @@ mod procfs;
 mod report;
 mod servers;
 mod stats;
+mod two_node;
 mod work;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,9 +25,10 @@ use clap::Parser;
 use netward_e2e::Lab;
 use netward_proxy::lab::netns::Netns;
 
-use crate::manifests::{CLIENT, SERVER, SERVER_IP};
+use crate::manifests::{CLIENT, NODE, NODE_B, SERVER, SERVER_IP};
 use crate::paths::{Env, PathKind, Proxy};
 use crate::servers::{ECHO_PORT, HOLD_PORT, Iperf, RR_PORT, Servers};
+use crate::two_node::{Env2n, Pair};
 use crate::work::Amount;
 
 /// Datapath benchmark (root): direct vs netward vs HAProxy vs netward --no-splice.
@@ -39,13 +41,23 @@ struct Args {
     /// Rounds; each runs every path once, in order (A B C D E A B C D E ...).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Paths to run, comma-separated (direct is always run first: it is the reference).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "direct,netward,haproxy,copy,netward-scale"
-    )]
-    paths: Vec<String>,
+    /// Paths to run, comma-separated (each lab's direct path is always run first: it is
+    /// the reference). Single-node: direct, netward, haproxy, copy, netward-scale
+    /// (the default). Two-node: direct-2n, netward-2n-plaintext, netward-2n-mtls,
+    /// haproxy-2n-tls (the default with --two-node). --smoke runs both groups.
+    #[arg(long, value_delimiter = ',')]
+    paths: Option<Vec<String>>,
+    /// Run the two-node paths (issue #9: the mTLS tunnel between node proxies): client
+    /// pod on node-a, server pod on node-b. Results go to `<date>-mtls.{md,json}`.
+    #[arg(long)]
+    two_node: bool,
+    /// Name the result files `<date>-NAME.{md,json}` instead of `<date>-<commit>`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Extra arguments for both nodes' `netward run` on `netward-2n-mtls`, comma-separated
+    /// (experiments, e.g. `--tunnel-streams-per-conn,1`).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    mtls_args: Vec<String>,
     /// iperf3 seconds per bulk run.
     #[arg(long, default_value_t = 3)]
     bulk_secs: u32,
@@ -214,13 +226,7 @@ fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
     ensure_tools()?;
     let netward = netward_bin(args)?;
-    let mut kinds: Vec<PathKind> = args
-        .paths
-        .iter()
-        .map(|p| PathKind::parse(p))
-        .collect::<Result<_>>()?;
-    kinds.retain(|k| *k != PathKind::Direct);
-    kinds.insert(0, PathKind::Direct);
+    let kinds = resolve_kinds(args)?;
     let rounds = if args.smoke { 1 } else { args.rounds.max(1) };
     let sizes = Sizes::of(args);
     // Idle connections hold two sockets each here (client and server) and up to six
@@ -246,6 +252,116 @@ fn run(args: &Args) -> Result<()> {
         machine.summary()
     );
 
+    let mut results: Vec<(PathKind, usize, Result<Metrics, String>)> = Vec::new();
+    let single: Vec<PathKind> = kinds.iter().copied().filter(|k| !k.two_node()).collect();
+    let two: Vec<PathKind> = kinds.iter().copied().filter(|k| k.two_node()).collect();
+    let mut group_times = Vec::new();
+    if !single.is_empty() {
+        let t = Instant::now();
+        run_single_node(&single, rounds, &sizes, &netward, args, &mut results)?;
+        group_times.push(("single-node", t.elapsed()));
+    }
+    if !two.is_empty() {
+        let t = Instant::now();
+        run_two_node(&two, rounds, &sizes, &netward, args, &mut results)?;
+        group_times.push(("two-node", t.elapsed()));
+    }
+    let elapsed = started.elapsed();
+    let failures = results.iter().filter(|r| r.2.is_err()).count();
+    if args.smoke {
+        eprintln!(
+            "smoke: every path moved every byte correctly ({} paths, {:.1} s: {})",
+            kinds.len(),
+            elapsed.as_secs_f64(),
+            group_times
+                .iter()
+                .map(|(g, d)| format!("{g} {:.1} s", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    let rep = report::Report::new(machine, &sizes, rounds, &kinds, &results, elapsed);
+    let md = rep.markdown();
+    println!("{md}");
+    if !args.no_write {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../results"));
+        std::fs::create_dir_all(&out)?;
+        let stem = match &args.name {
+            Some(n) => format!("{}-{n}", rep.date_stem()),
+            None if single.is_empty() => format!("{}-mtls", rep.date_stem()),
+            None => format!("{}-{}", rep.date_stem(), rep.commit_short()),
+        };
+        let md_path = out.join(format!("{stem}.md"));
+        let json_path = out.join(format!("{stem}.json"));
+        std::fs::write(&md_path, &md)?;
+        std::fs::write(&json_path, serde_json::to_string_pretty(&rep.json())?)?;
+        eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    }
+    if failures > 0 {
+        bail!("{failures} path run(s) failed (see the table)");
+    }
+    Ok(())
+}
+
+/// The paths to run, each lab's reference (`direct`, `direct-2n`) first in its group.
+/// Default: the single-node paths; `--two-node`: the two-node ones; `--smoke`: both.
+fn resolve_kinds(args: &Args) -> Result<Vec<PathKind>> {
+    let mut asked: Vec<PathKind> = match &args.paths {
+        Some(p) => p
+            .iter()
+            .map(|p| PathKind::parse(p))
+            .collect::<Result<_>>()?,
+        None if args.two_node => PathKind::TWO_NODE.to_vec(),
+        None if args.smoke => PathKind::SINGLE_NODE
+            .into_iter()
+            .chain(PathKind::TWO_NODE)
+            .collect(),
+        None => PathKind::SINGLE_NODE.to_vec(),
+    };
+    if args.two_node {
+        asked.retain(|k| k.two_node());
+        ensure!(
+            !asked.is_empty(),
+            "--two-node with no two-node path in --paths"
+        );
+    }
+    let mut kinds = Vec::new();
+    for group in [false, true] {
+        let mine: Vec<PathKind> = asked
+            .iter()
+            .copied()
+            .filter(|k| k.two_node() == group)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let reference = mine[0].reference();
+        kinds.push(reference);
+        for k in mine {
+            if !kinds.contains(&k) {
+                kinds.push(k);
+            }
+        }
+    }
+    Ok(kinds)
+}
+
+const SYSCTLS: &str =
+    "sysctl -qw net.ipv4.tcp_tw_reuse=1 'net.ipv4.ip_local_port_range=20000 65000'";
+
+/// The single-node lab: every path through `node-a`, rounds interleaved.
+fn run_single_node(
+    kinds: &[PathKind],
+    rounds: usize,
+    sizes: &Sizes,
+    netward: &Path,
+    args: &Args,
+    results: &mut Vec<(PathKind, usize, Result<Metrics, String>)>,
+) -> Result<()> {
     let base = manifests::base();
     let lab = Lab::single_node(&[("00-bench.yaml", &base)]);
     let workdir = tempfile::tempdir()?;
@@ -260,118 +376,218 @@ fn run(args: &Args) -> Result<()> {
     let node = lab.node();
     let client = lab.pod(CLIENT);
     let server = lab.pod(SERVER);
-    let sysctls = "sysctl -qw net.ipv4.tcp_tw_reuse=1 'net.ipv4.ip_local_port_range=20000 65000'";
-    node.sh(sysctls)?;
-    client.sh(sysctls)?;
+    node.sh(SYSCTLS)?;
+    client.sh(SYSCTLS)?;
     let bench_servers = Servers::start(server)?;
     let iperf_server = Iperf::start(server, &workdir.path().join("iperf3-server.log"))?;
     let env = Env {
         node,
-        netward: &netward,
+        netward,
         manifests: lab.dir.path(),
         scale_manifests: &scale_dir,
         workdir: workdir.path(),
     };
-
-    let mut results: Vec<(PathKind, usize, Result<Metrics, String>)> = Vec::new();
+    let server_ip: IpAddr = SERVER_IP.parse().context("server address")?;
     for round in 0..rounds {
-        for &kind in &kinds {
+        for &kind in kinds {
             let t = Instant::now();
             set_early_demux(node, kind != PathKind::Direct)?;
-            let r = run_path(kind, &env, client, &sizes, workdir.path(), args);
-            match &r {
-                Ok(m) => eprintln!(
-                    "round {}/{rounds} {:<14} {:>5.1} s  {}",
-                    round + 1,
-                    kind.name(),
-                    t.elapsed().as_secs_f64(),
-                    brief(m)
-                ),
-                Err(e) => eprintln!(
-                    "round {}/{rounds} {:<14} FAILED: {e:#}",
-                    round + 1,
-                    kind.name()
-                ),
-            }
-            if args.smoke
-                && let Err(e) = r
-            {
-                return Err(e.context(format!("smoke: path {}", kind.name())));
-            }
-            results.push((kind, round, r.map_err(|e| format!("{e:#}"))));
+            let r = (|| {
+                let mut m = Metrics::new();
+                let t = Instant::now();
+                let mut proxy = Proxy::start(kind, &env)?;
+                m.insert("startup_s", t.elapsed().as_secs_f64());
+                let cpu = || proxy.cpu_seconds();
+                let running = Running {
+                    kind,
+                    target: server_ip,
+                    cpu: &cpu,
+                    pids: proxy.pid().into_iter().collect(),
+                    idle: Some((&proxy, node)),
+                };
+                measure(&running, client, sizes, workdir.path(), args, &mut m)?;
+                proxy.stop()?;
+                Ok::<_, anyhow::Error>(m)
+            })();
+            report_run(kind, round, rounds, t, r, args, results)?;
             reset_node(node)?;
         }
     }
     drop(iperf_server);
     drop(bench_servers);
-    let elapsed = started.elapsed();
-    let failures = results.iter().filter(|r| r.2.is_err()).count();
-    if args.smoke {
-        eprintln!(
-            "smoke: every path moved every byte correctly ({} paths, {:.1} s)",
-            kinds.len(),
-            elapsed.as_secs_f64()
-        );
-        return Ok(());
+    Ok(())
+}
+
+/// The two-node lab (issue #9): client pod on `node-a`, server pod on `node-b`.
+fn run_two_node(
+    kinds: &[PathKind],
+    rounds: usize,
+    sizes: &Sizes,
+    netward: &Path,
+    args: &Args,
+    results: &mut Vec<(PathKind, usize, Result<Metrics, String>)>,
+) -> Result<()> {
+    let plain = manifests::two_node(false);
+    let lab = Lab::build(&[("00-bench.yaml", &plain)], false);
+    let workdir = tempfile::tempdir()?;
+    let strict_dir = workdir.path().join("strict-manifests");
+    std::fs::create_dir(&strict_dir)?;
+    for entry in std::fs::read_dir(lab.dir.path())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), strict_dir.join(entry.file_name()))?;
     }
-    let rep = report::Report::new(machine, &sizes, rounds, &kinds, &results, elapsed);
-    let md = rep.markdown();
-    println!("{md}");
-    if !args.no_write {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../results"));
-        std::fs::create_dir_all(&out)?;
-        let stem = format!("{}-{}", rep.date_stem(), rep.commit_short());
-        let md_path = out.join(format!("{stem}.md"));
-        let json_path = out.join(format!("{stem}.json"));
-        std::fs::write(&md_path, &md)?;
-        std::fs::write(&json_path, serde_json::to_string_pretty(&rep.json())?)?;
-        eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    std::fs::write(strict_dir.join("00-bench.yaml"), manifests::two_node(true))?;
+    let pki = workdir.path().join("pki");
+    two_node::make_pki(&pki)?;
+
+    let nodes = &lab.topo.nodes;
+    ensure!(
+        nodes.len() == 2 && nodes[0].name == NODE && nodes[1].name == NODE_B,
+        "the two-node lab has nodes {:?}",
+        nodes.iter().map(|n| &n.name).collect::<Vec<_>>()
+    );
+    let client = lab.pod(CLIENT);
+    let server = lab.pod(SERVER);
+    for ns in [&nodes[0].ns, &nodes[1].ns, client] {
+        ns.sh(SYSCTLS)?;
     }
-    if failures > 0 {
-        bail!("{failures} path run(s) failed (see the table)");
+    let bench_servers = Servers::start(server)?;
+    let iperf_server = Iperf::start(server, &workdir.path().join("iperf3-server-2n.log"))?;
+    let env = Env2n {
+        nodes: [&nodes[0].ns, &nodes[1].ns],
+        node_ips: [nodes[0].ip4, nodes[1].ip4],
+        netward,
+        manifests_plain: lab.dir.path(),
+        manifests_strict: &strict_dir,
+        pki: &pki,
+        workdir: workdir.path(),
+        mtls_args: &args.mtls_args,
+    };
+    if args.workloads.iter().any(|w| w == "idle") {
+        eprintln!("two-node paths: the idle-memory workload is single-node only; skipped");
     }
+    for round in 0..rounds {
+        for &kind in kinds {
+            let t = Instant::now();
+            for ns in env.nodes {
+                set_early_demux(ns, kind != PathKind::Direct2n)?;
+            }
+            let r = (|| {
+                let mut m = Metrics::new();
+                let t = Instant::now();
+                let mut pair = Pair::start(kind, &env, client)?;
+                m.insert("startup_s", t.elapsed().as_secs_f64());
+                let cpu = || pair.cpu_seconds();
+                let running = Running {
+                    kind,
+                    target: env.target(kind)?,
+                    cpu: &cpu,
+                    pids: pair.pids(),
+                    idle: None,
+                };
+                measure(&running, client, sizes, workdir.path(), args, &mut m)
+                    .map_err(|e| anyhow::anyhow!("{e:#}{}", pair.logs()))?;
+                pair.stop()?;
+                Ok::<_, anyhow::Error>(m)
+            })();
+            report_run(kind, round, rounds, t, r, args, results)?;
+            for ns in env.nodes {
+                reset_node(ns)?;
+            }
+        }
+    }
+    drop(iperf_server);
+    drop(bench_servers);
+    Ok(())
+}
+
+/// Logs one path run and records it; in smoke mode a failure ends the bench.
+fn report_run(
+    kind: PathKind,
+    round: usize,
+    rounds: usize,
+    t: Instant,
+    r: Result<Metrics>,
+    args: &Args,
+    results: &mut Vec<(PathKind, usize, Result<Metrics, String>)>,
+) -> Result<()> {
+    match &r {
+        Ok(m) => eprintln!(
+            "round {}/{rounds} {:<20} {:>5.1} s  {}",
+            round + 1,
+            kind.name(),
+            t.elapsed().as_secs_f64(),
+            brief(m)
+        ),
+        Err(e) => eprintln!(
+            "round {}/{rounds} {:<20} FAILED: {e:#}",
+            round + 1,
+            kind.name()
+        ),
+    }
+    if args.smoke
+        && let Err(e) = r
+    {
+        return Err(e.context(format!("smoke: path {}", kind.name())));
+    }
+    results.push((kind, round, r.map_err(|e| format!("{e:#}"))));
     Ok(())
 }
 
 /// A one-line summary of a path's run, for the progress log.
 fn brief(m: &Metrics) -> String {
-    let g = |k: &str| m.get(k).copied().unwrap_or(f64::NAN);
-    format!(
-        "bulk1 {:.1} Gb/s, bulk8 {:.1} Gb/s, {:.0} conn/s, p99 {:.0} µs, new p50 {:.0} µs, idle rss {:.0} B/conn",
-        g("bulk1_gbps"),
-        g("bulk8_gbps"),
-        g("conn_rate"),
-        g("pp_p99"),
-        g("new_p50"),
-        g("idle_rss_per_conn")
-    )
+    [
+        ("bulk1_gbps", "bulk1 ", " Gb/s", 1),
+        ("bulk8_gbps", "bulk8 ", " Gb/s", 1),
+        ("conn_rate", "", " conn/s", 0),
+        ("pp_p50", "p50 ", " µs", 0),
+        ("pp_p99", "p99 ", " µs", 0),
+        ("new_p50", "new p50 ", " µs", 0),
+        ("idle_rss_per_conn", "idle rss ", " B/conn", 0),
+    ]
+    .iter()
+    .filter_map(|(id, pre, unit, d)| m.get(id).map(|v| format!("{pre}{v:.d$}{unit}", d = *d)))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
-/// Every workload through one path: start the proxy, check, measure, stop it.
-fn run_path(
+/// What the workloads need from a running path.
+struct Running<'a> {
     kind: PathKind,
-    env: &Env<'_>,
+    /// Where the client connects: the server pod, or HAProxy's address on node A.
+    target: IpAddr,
+    /// CPU seconds of the path's proxy processes so far (`None` for direct).
+    cpu: &'a dyn Fn() -> Option<f64>,
+    /// The proxy processes, for `--perf`.
+    pids: Vec<u32>,
+    /// The single-node proxy and its node, for the idle-memory figures.
+    idle: Option<(&'a Proxy, &'a Netns)>,
+}
+
+/// Every workload through one running path: check, then measure.
+fn measure(
+    run: &Running<'_>,
     client: &Netns,
     sizes: &Sizes,
     workdir: &Path,
     args: &Args,
-) -> Result<Metrics> {
-    let mut m = Metrics::new();
-    let t = Instant::now();
-    let mut proxy = Proxy::start(kind, env)?;
-    m.insert("startup_s", t.elapsed().as_secs_f64());
-    let server_ip = SERVER_IP.parse().context("server address")?;
-    let echo = SocketAddr::new(server_ip, ECHO_PORT);
+    m: &mut Metrics,
+) -> Result<()> {
+    let kind = run.kind;
+    let target = run.target;
+    let echo = SocketAddr::new(target, ECHO_PORT);
     let wants = |w: &str| args.workloads.iter().any(|x| x == w);
-    let pid = proxy.pid();
     let perf = |w: &str| {
-        let (dir, pid) = (args.perf.as_ref()?, pid?);
-        Profiler::start(pid, &dir.join(format!("perf-{}-{w}.data", kind.name())))
-            .map_err(|e| eprintln!("warning: perf: {e:#}"))
-            .ok()
+        let dir = args.perf.as_ref()?;
+        if run.pids.is_empty() {
+            return None;
+        }
+        Profiler::start(
+            &run.pids,
+            &dir.join(format!("perf-{}-{w}.data", kind.name())),
+        )
+        .map_err(|e| eprintln!("warning: perf: {e:#}"))
+        .ok()
     };
 
     // Correctness first: one stream and eight, checksummed both ways.
@@ -388,12 +604,12 @@ fn run_path(
             (8, "bulk8_gbps", "bulk8_cpu_s_per_gb"),
         ] {
             let _perf = perf(&format!("bulk{streams}"));
-            let cpu0 = proxy.cpu_seconds();
+            let cpu0 = (run.cpu)();
             let out = workdir.join(format!("iperf-{}-{streams}.json", kind.name()));
-            let b = work::iperf(client, SERVER_IP, streams, sizes.bulk, &out)
+            let b = work::iperf(client, &target.to_string(), streams, sizes.bulk, &out)
                 .with_context(|| format!("{}: iperf3 -P {streams}", kind.name()))?;
             m.insert(id, b.bits_per_second / 1e9);
-            if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
+            if let (Some(c0), Some(c1)) = (cpu0, (run.cpu)()) {
                 m.insert(cpu_id, (c1 - c0) / (b.bytes / 1e9));
             }
         }
@@ -401,16 +617,16 @@ fn run_path(
 
     if wants("conn") {
         let _perf = perf("conn");
-        let cpu0 = proxy.cpu_seconds();
+        let cpu0 = (run.cpu)();
         let rate = work::conn_rate(
             client,
-            SocketAddr::new(server_ip, RR_PORT),
+            SocketAddr::new(target, RR_PORT),
             sizes.conns,
             sizes.concurrency,
         )
         .with_context(|| format!("{}: connection rate", kind.name()))?;
         m.insert("conn_rate", rate);
-        if let (Some(c0), Some(c1)) = (cpu0, proxy.cpu_seconds()) {
+        if let (Some(c0), Some(c1)) = (cpu0, (run.cpu)()) {
             m.insert("conn_cpu_s_per_1k", (c1 - c0) / sizes.conns as f64 * 1000.0);
         }
     }
@@ -437,25 +653,26 @@ fn run_path(
         }
     }
 
-    if wants("idle") {
-        idle_memory(&mut m, &proxy, env.node, client, sizes.idle, server_ip)
+    if wants("idle")
+        && let Some((proxy, node)) = run.idle
+    {
+        idle_memory(m, proxy, node, client, sizes.idle, target)
             .with_context(|| format!("{}: idle connections", kind.name()))?;
     }
-
-    proxy.stop()?;
-    Ok(m)
+    Ok(())
 }
 
-/// `perf record -g -e cpu-clock` on one process; stopped (SIGINT) when dropped.
+/// `perf record -g -e cpu-clock` on the proxy processes; stopped (SIGINT) when dropped.
 struct Profiler {
     child: std::process::Child,
 }
 
 impl Profiler {
-    fn start(pid: u32, out: &Path) -> Result<Profiler> {
+    fn start(pids: &[u32], out: &Path) -> Result<Profiler> {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let child = std::process::Command::new("perf")
             .args(["record", "-q", "-e", "cpu-clock", "-F", "4000", "-g", "-p"])
-            .arg(pid.to_string())
+            .arg(pids.join(","))
             .arg("-o")
             .arg(out)
             .stdin(std::process::Stdio::null())

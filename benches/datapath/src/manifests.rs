@@ -82,6 +82,34 @@ spec:
     )
 }
 
+/// The two-node lab: the server pod's IPv4 address (on `node-b`).
+pub(crate) const SERVER_2N_IP: &str = "198.18.2.10";
+/// The two-node lab: the node the server pod runs on.
+pub(crate) const NODE_B: &str = "node-b";
+
+/// The two-node lab's manifests: the same pods and policies as [`base`], but the server
+/// on `node-b` (198.18.2.10) and the client on `node-a`. With `strict`, the namespace has
+/// `netward.io/mtls: strict`, so cross-node plaintext into it is denied: the server is
+/// reachable only through the tunnel.
+pub(crate) fn two_node(strict: bool) -> String {
+    let labels = if strict {
+        "team: bench, netward.io/mtls: strict"
+    } else {
+        "team: bench"
+    };
+    base()
+        .replacen(
+            "labels: {team: bench}",
+            &format!("labels: {{{labels}}}"),
+            1,
+        )
+        .replacen(
+            &format!("spec: {{nodeName: {NODE}, containers: [{{name: c, image: x}}]}}\nstatus: {{podIPs: [{{ip: {SERVER_IP}}}, {{ip: \"fd00::1:10\"}}]}}"),
+            &format!("spec: {{nodeName: {NODE_B}, containers: [{{name: c, image: x}}]}}\nstatus: {{podIPs: [{{ip: {SERVER_2N_IP}}}, {{ip: \"fd00::2:10\"}}]}}"),
+            1,
+        )
+}
+
 /// Namespaces, pods per namespace and policies per namespace of the scale manifests.
 pub(crate) const SCALE_NAMESPACES: usize = 100;
 /// Pods in each generated namespace (100 × 100 = 10,000).
@@ -200,6 +228,16 @@ fn scale_policy(ns: usize, k: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_node_moves_the_server_and_labels_only_when_strict() {
+        for strict in [false, true] {
+            let text = two_node(strict);
+            assert!(text.contains("nodeName: node-b, containers: [{name: c, image: x}]}\nstatus: {podIPs: [{ip: 198.18.2.10}"));
+            assert_eq!(text.matches("nodeName: node-a").count(), 1);
+            assert_eq!(text.contains("netward.io/mtls: strict"), strict);
+        }
+    }
 
     #[test]
     fn scale_counts() {

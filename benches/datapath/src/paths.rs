@@ -26,17 +26,61 @@ pub(crate) enum PathKind {
     Copy,
     /// `netward run` with 10,000 pods and 1,000 policies loaded.
     NetwardScale,
+    /// Two nodes: kernel forwarding across the bridge, no interception.
+    Direct2n,
+    /// Two nodes: `netward run` on both, no tunnel (cross-node plaintext).
+    Netward2nPlaintext,
+    /// Two nodes: `netward run` on both with the mTLS tunnel, server namespace `strict`.
+    Netward2nMtls,
+    /// Two nodes: HAProxy with TLS 1.3 on both ends (mutual TLS), not transparent: the
+    /// client connects to node A's address.
+    Haproxy2nTls,
 }
 
 impl PathKind {
     /// Every path, in run order.
-    pub(crate) const ALL: [PathKind; 5] = [
+    pub(crate) const ALL: [PathKind; 9] = [
+        PathKind::Direct,
+        PathKind::Netward,
+        PathKind::Haproxy,
+        PathKind::Copy,
+        PathKind::NetwardScale,
+        PathKind::Direct2n,
+        PathKind::Netward2nPlaintext,
+        PathKind::Netward2nMtls,
+        PathKind::Haproxy2nTls,
+    ];
+
+    /// The single-node paths (the default run).
+    pub(crate) const SINGLE_NODE: [PathKind; 5] = [
         PathKind::Direct,
         PathKind::Netward,
         PathKind::Haproxy,
         PathKind::Copy,
         PathKind::NetwardScale,
     ];
+
+    /// The two-node paths (`--two-node`).
+    pub(crate) const TWO_NODE: [PathKind; 4] = [
+        PathKind::Direct2n,
+        PathKind::Netward2nPlaintext,
+        PathKind::Netward2nMtls,
+        PathKind::Haproxy2nTls,
+    ];
+
+    /// Whether it runs in the two-node lab.
+    pub(crate) fn two_node(self) -> bool {
+        PathKind::TWO_NODE.contains(&self)
+    }
+
+    /// The path its ratios are taken to: direct forwarding in the same lab.
+    pub(crate) fn reference(self) -> PathKind {
+        if self.two_node() {
+            PathKind::Direct2n
+        } else {
+            PathKind::Direct
+        }
+    }
 
     /// Its name in tables, JSON and `--paths`.
     pub(crate) fn name(self) -> &'static str {
@@ -46,6 +90,10 @@ impl PathKind {
             PathKind::Haproxy => "haproxy",
             PathKind::Copy => "copy",
             PathKind::NetwardScale => "netward-scale",
+            PathKind::Direct2n => "direct-2n",
+            PathKind::Netward2nPlaintext => "netward-2n-plaintext",
+            PathKind::Netward2nMtls => "netward-2n-mtls",
+            PathKind::Haproxy2nTls => "haproxy-2n-tls",
         }
     }
 
@@ -54,7 +102,10 @@ impl PathKind {
         PathKind::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .with_context(|| format!("unknown path {s:?}; expected one of direct, netward, haproxy, copy, netward-scale"))
+            .with_context(|| {
+                let names: Vec<&str> = PathKind::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown path {s:?}; expected one of {}", names.join(", "))
+            })
     }
 }
 
@@ -161,6 +212,10 @@ impl Proxy {
             .stderr(file);
         match kind {
             PathKind::Direct => return Ok(proxy),
+            PathKind::Direct2n
+            | PathKind::Netward2nPlaintext
+            | PathKind::Netward2nMtls
+            | PathKind::Haproxy2nTls => bail!("{} runs in the two-node lab", kind.name()),
             PathKind::Netward | PathKind::Copy | PathKind::NetwardScale => {
                 let manifests = if kind == PathKind::NetwardScale {
                     env.scale_manifests

@@ -18,6 +18,7 @@ use crate::{Metrics, Sizes};
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Machine {
     kernel: String,
+    os: String,
     cpu: String,
     cores: usize,
     mem_gib: f64,
@@ -82,6 +83,12 @@ impl Machine {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
+            os: std::fs::read_to_string("/etc/os-release")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+                .unwrap_or_default(),
             cpu: format!(
                 "{} ({} MHz, {} cache)",
                 field("model name"),
@@ -369,8 +376,8 @@ impl Report {
         let d = f.decimals;
         let mut c = format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max);
         if !f.proxy_only
-            && k != PathKind::Direct
-            && let Some(base) = self.median(f.id, PathKind::Direct)
+            && k != k.reference()
+            && let Some(base) = self.median(f.id, k.reference())
             && base != 0.0
         {
             let _ = write!(c, " **{:.2}×**", s.median / base);
@@ -379,6 +386,116 @@ impl Report {
     }
 
     fn goals(&self) -> Vec<(String, String, bool)> {
+        let mut g = self.single_node_goals();
+        g.extend(self.two_node_goals());
+        g
+    }
+
+    /// The mTLS tunnel's goals (issue #9): throughput ≥ 60 % of plaintext netward and
+    /// ahead of the TLS peer; added latency on a warm pool ≤ one round trip of direct-2n.
+    fn two_node_goals(&self) -> Vec<(String, String, bool)> {
+        use PathKind::{Direct2n, Haproxy2nTls, Netward2nMtls, Netward2nPlaintext};
+        let mut g = Vec::new();
+        let range = |s: &Summary| format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max);
+        for (id, what) in [("bulk1_gbps", "1 stream"), ("bulk8_gbps", "8 streams")] {
+            if let Some(r) = self.paired_ratio(id, Netward2nMtls, Netward2nPlaintext) {
+                g.push((
+                    format!("mTLS bulk {what} ≥ 0.60× plaintext netward (2 nodes)"),
+                    range(&r),
+                    r.median >= 0.6,
+                ));
+            }
+        }
+        for (id, what, higher) in [
+            ("bulk1_gbps", "bulk 1 stream", true),
+            ("bulk8_gbps", "bulk 8 streams", true),
+            ("conn_rate", "connection rate", true),
+            ("pp_p99", "persistent 1-byte RTT p99", false),
+        ] {
+            if let Some(r) = self.paired_ratio(id, Netward2nMtls, Haproxy2nTls) {
+                g.push((
+                    format!("mTLS ahead of HAProxy TLS 1.3 (both ends): {what}"),
+                    format!(
+                        "{} HAProxy ({})",
+                        range(&r),
+                        if higher {
+                            "higher is better"
+                        } else {
+                            "lower is better"
+                        }
+                    ),
+                    if higher {
+                        r.median > 1.0
+                    } else {
+                        r.median < 1.0
+                    },
+                ));
+            }
+        }
+        let rtt = self.summaries.get(&("pp_p50", Direct2n)).map(|s| s.median);
+        for (id, what) in [
+            ("pp_p50", "persistent 1-byte RTT p50"),
+            ("pp_p99", "persistent 1-byte RTT p99"),
+            ("new_p50", "new connection + 1-byte RTT p50 (warm pool)"),
+        ] {
+            if let (Some(d), Some(rtt)) =
+                (self.paired_diff(id, Netward2nMtls, Netward2nPlaintext), rtt)
+            {
+                g.push((
+                    format!("tunnel's added latency ≤ one round trip: {what}"),
+                    format!(
+                        "{:+.1} µs ({:+.1}…{:+.1}) over plaintext netward; direct-2n RTT p50 {rtt:.1} µs",
+                        d.median, d.min, d.max
+                    ),
+                    d.median <= rtt,
+                ));
+            }
+        }
+        g
+    }
+
+    /// Paired ratios of the mTLS path to plaintext netward and to the TLS peer, per
+    /// figure (two-node runs).
+    fn two_node_ratios(&self) -> String {
+        use PathKind::{Haproxy2nTls, Netward2nMtls, Netward2nPlaintext};
+        let mut s = String::new();
+        let ids = [
+            "bulk1_gbps",
+            "bulk8_gbps",
+            "conn_rate",
+            "pp_p50",
+            "pp_p99",
+            "new_p50",
+            "new_p99",
+            "bulk1_cpu_s_per_gb",
+            "bulk8_cpu_s_per_gb",
+            "conn_cpu_s_per_1k",
+        ];
+        for id in ids {
+            let Some(f) = FIGURES.iter().find(|f| f.id == id) else {
+                continue;
+            };
+            let cell = |b: PathKind| {
+                self.paired_ratio(id, Netward2nMtls, b)
+                    .map_or("—".to_owned(), |r| {
+                        format!("**{:.2}×** ({:.2}–{:.2})", r.median, r.min, r.max)
+                    })
+            };
+            let (p, h) = (cell(Netward2nPlaintext), cell(Haproxy2nTls));
+            if p == "—" && h == "—" {
+                continue;
+            }
+            let _ = writeln!(s, "| {} | {} | {p} | {h} |", f.label, f.unit);
+        }
+        if s.is_empty() {
+            return s;
+        }
+        format!(
+            "\n| figure | unit | netward-2n-mtls / netward-2n-plaintext | netward-2n-mtls / haproxy-2n-tls |\n|---|---|---|---|\n{s}"
+        )
+    }
+
+    fn single_node_goals(&self) -> Vec<(String, String, bool)> {
         use PathKind::{Direct, Haproxy, Netward, NetwardScale};
         let mut g = Vec::new();
         let pct = |s: &Summary| {
@@ -445,7 +562,7 @@ impl Report {
         let _ = writeln!(s, "# Datapath benchmark, {}\n", m.date);
         let _ = writeln!(
             s,
-            "Commit `{}`{}; kernel `{}`; {} cores of {}; {:.0} GiB RAM; {}; {}. \
+            "Commit `{}`{}; kernel `{}` ({}); {} cores of {}; {:.0} GiB RAM; {}; {}. \
              Load average (1/5/15 min) {} at the start, {} at the end. {} rounds, paths interleaved \
              ({}), {:.0} s in all.\n",
             m.commit,
@@ -455,6 +572,7 @@ impl Report {
                 ""
             },
             m.kernel,
+            m.os,
             m.cores,
             m.cpu,
             m.mem_gib,
@@ -472,9 +590,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "Each cell: median of the rounds (min–max), and **the ratio of the median to direct**. \
+            "Each cell: median of the rounds (min–max), and **the ratio of the median to direct** \
+             (`direct-2n` for the two-node paths; proxy CPU there is both nodes' proxies). \
              Sizes: bulk {}, connection rate {} connections {} at a time, {} round trips per \
-             persistent run (after {} warm-up), {} new connections, {} idle connections.\n",
+             persistent run (after {} warm-up), {} new connections{}.\n",
             match self.sizes.bulk {
                 crate::work::Amount::Seconds(v) => format!("{v} s per iperf3 run"),
                 crate::work::Amount::Bytes(v) => format!("{v} B per iperf3 run"),
@@ -484,7 +603,11 @@ impl Report {
             self.sizes.pings,
             self.sizes.ping_warmup,
             self.sizes.new_conns,
-            self.sizes.idle
+            if self.summaries.keys().any(|(id, _)| id.starts_with("idle")) {
+                format!(", {} idle connections", self.sizes.idle)
+            } else {
+                String::new()
+            }
         );
         let _ = write!(s, "| figure | unit |");
         for k in &self.kinds {
@@ -508,6 +631,14 @@ impl Report {
                 let _ = write!(s, " {} |", self.cell(f, *k));
             }
             s.push('\n');
+        }
+        let ratios = self.two_node_ratios();
+        if !ratios.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nTwo-node ratios, paired by round (median of the per-round ratios, min–max):"
+            );
+            s.push_str(&ratios);
         }
         let goals = self.goals();
         if !goals.is_empty() {
@@ -545,8 +676,8 @@ impl Report {
             let mut per_path = serde_json::Map::new();
             for k in &self.kinds {
                 if let Some(sum) = self.summaries.get(&(f.id, *k)) {
-                    let ratio = (!f.proxy_only && *k != PathKind::Direct)
-                        .then(|| self.median(f.id, PathKind::Direct))
+                    let ratio = (!f.proxy_only && *k != k.reference())
+                        .then(|| self.median(f.id, k.reference()))
                         .flatten()
                         .filter(|b| *b != 0.0)
                         .map(|b| sum.median / b);

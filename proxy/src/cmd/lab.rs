@@ -41,6 +41,16 @@ pub(crate) struct LabArgs {
     /// Remove every lab left running by --keep, and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Run the mTLS tunnel between the nodes (a lab CA issues each node's certificate),
+    /// with every namespace labelled netward.io/mtls=MODE unless the scenario sets it:
+    /// `strict` (the default), `permissive` or `disabled`.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "strict", value_parser = parse_mtls)]
+    mtls: Option<netward_controller::MtlsMode>,
+}
+
+fn parse_mtls(s: &str) -> Result<netward_controller::MtlsMode, String> {
+    netward_controller::MtlsMode::parse(s)
+        .ok_or_else(|| format!("unknown mTLS mode {s:?}: expected strict, permissive or disabled"))
 }
 
 #[derive(Args)]
@@ -93,6 +103,7 @@ pub(crate) fn lab(args: &LabArgs) -> ExitCode {
         parallel: args.parallel,
         audit_log: args.audit_log.clone(),
         netward_bin,
+        mtls: args.mtls,
     };
     match run::run(&opts, &mut out) {
         Ok(report) if report.ok() => ExitCode::SUCCESS,

@@ -70,6 +70,56 @@ pub(crate) struct RunArgs {
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     reload_ms: u64,
+    /// Take part in the mTLS tunnel between node proxies: the directory with this
+    /// node's `node.pem`, `node-key.pem` and `trust-bundle.pem` (`netward ca issue`).
+    /// Needs --node, --tunnel-listen and --tunnel-peers.
+    #[arg(long, requires_all = ["node", "tunnel_listen", "tunnel_peers"])]
+    mtls_identity: Option<PathBuf>,
+    /// The SPIFFE trust domain of node identities.
+    #[arg(long, default_value = netward_proxy::mtls::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Where this node's tunnel listener binds: the node's IP and port 15008.
+    #[arg(long)]
+    tunnel_listen: Option<std::net::SocketAddr>,
+    /// The directory where nodes advertise their tunnel listeners (`<node>.tunnel`).
+    #[arg(long)]
+    tunnel_peers: Option<PathBuf>,
+    /// Live streams per pooled TLS connection before another is opened.
+    #[arg(long, default_value_t = 100)]
+    tunnel_streams_per_conn: usize,
+}
+
+/// The tunnel options from the flags; `Err` names the flag.
+fn mtls_options(
+    args: &RunArgs,
+    rules: &RulesConfig,
+) -> Result<Option<netward_proxy::mesh::MtlsOptions>, String> {
+    use netward_proxy::mtls::{identity::TlsIdentity, tunnel::TunnelConfig};
+    let Some(dir) = &args.mtls_identity else {
+        return Ok(None);
+    };
+    let (Some(node), Some(listen), Some(peers)) =
+        (&args.node, args.tunnel_listen, &args.tunnel_peers)
+    else {
+        return Err("--mtls-identity needs --node, --tunnel-listen and --tunnel-peers".to_owned());
+    };
+    let identity = TlsIdentity::load(dir, &args.trust_domain, node)
+        .map_err(|e| format!("--mtls-identity {}: {e}", dir.display()))?;
+    let tunnel = TunnelConfig {
+        max_streams_per_conn: args.tunnel_streams_per_conn,
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+        mark: Some(rules.marks.bypass),
+        bind: Some(listen.ip()),
+        trust_domain: args.trust_domain.clone(),
+        ..TunnelConfig::default()
+    };
+    tunnel.validate().map_err(|e| e.to_string())?;
+    Ok(Some(netward_proxy::mesh::MtlsOptions {
+        identity,
+        listen,
+        peers_dir: peers.clone(),
+        tunnel,
+    }))
 }
 
 #[derive(Args)]
@@ -140,6 +190,13 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         eprintln!("netward: error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
+    let mtls = match mtls_options(args, &rules) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("netward: error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let audit_output = match args.audit_log.as_str() {
         "none" => None,
         "-" => Some(audit::Output::Stdout),
@@ -213,6 +270,7 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         audit: sink,
         audit_open: args.audit_open,
         metrics: metrics.clone(),
+        mtls,
         ..Options::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

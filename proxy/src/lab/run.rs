@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use netward_controller::model::{Direction, Node};
 use netward_controller::render::DecisionReport;
-use netward_controller::{Cluster, Endpoint, Flow, Manifests, Protocol, Snapshot, Transport};
+use netward_controller::{
+    Cluster, Endpoint, Flow, Manifests, MtlsMode, Protocol, Snapshot, Transport,
+};
 
 use super::netns::{self, Netns};
 use super::probe::{self, Outcome};
@@ -42,6 +44,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The lab's certificates for the mTLS tunnel could not be made.
+    #[error("cannot create the lab's node certificates: {0}")]
+    Mtls(String),
     /// netward did not come up on a node.
     #[error("netward did not start on node {node}; its log:\n{log}")]
     NetwardStart {
@@ -168,6 +173,20 @@ pub struct Options {
     pub audit_log: Option<PathBuf>,
     /// The `netward` binary to run on the nodes.
     pub netward_bin: PathBuf,
+    /// Run the mTLS tunnel between the nodes, with every namespace labelled
+    /// `netward.io/mtls` = this mode (unless the scenario sets the label itself).
+    pub mtls: Option<MtlsMode>,
+}
+
+/// How the lab's datapath carries a flow: through the tunnel when mTLS is on and both
+/// ends are pods on different nodes (and the destination's namespace adopted it: the
+/// engine only distinguishes the two for strict namespaces).
+fn transport_for(snap: &Snapshot, src: &Endpoint, dst: &Endpoint, mtls: bool) -> Transport {
+    let node = |e: &Endpoint| e.pod.map(|p| snap.pod(p).node.clone());
+    match (node(src), node(dst)) {
+        (Some(a), Some(b)) if mtls && a != b => Transport::Tunnel,
+        _ => Transport::Plaintext,
+    }
 }
 
 /// A tutorial's expectation.
@@ -366,11 +385,26 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
     let manifests = workdir.join("manifests");
     let _ = std::fs::remove_dir_all(&manifests);
     std::fs::create_dir_all(&manifests).map_err(io("creating the manifests directory"))?;
-    write_lab_objects(&manifests, &nodes)?;
+    // Namespaces the pods use that no file declares (with mTLS on they get the label).
+    let declared: BTreeSet<String> = opts
+        .scenario
+        .files
+        .iter()
+        .flat_map(|(_, text)| declared_namespaces(text))
+        .collect();
+    let implicit: Vec<String> = cluster
+        .pods
+        .values()
+        .map(|p| p.namespace.clone())
+        .filter(|ns| !declared.contains(ns))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    write_lab_objects(&manifests, &nodes, &implicit, opts.mtls)?;
     let steps = opts.scenario.steps();
     let first = if opts.step { 1 } else { steps.len() };
     for (name, text) in steps.iter().take(first) {
-        write_step(&manifests, name, text, &cluster)?;
+        write_step(&manifests, name, text, &cluster, opts.mtls)?;
     }
 
     let t = Instant::now();
@@ -399,6 +433,10 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
         );
         let _ = out.flush();
         start_servers(opts, &topo, &cluster, &workdir, &mut procs)?;
+        let mtls_dirs = match opts.mtls {
+            Some(_) => Some(lab_identities(&workdir, &topo)?),
+            None => None,
+        };
         let mut logs = Vec::new();
         for node in &topo.nodes {
             let log = workdir.join(format!("netward-{}.log", node.name));
@@ -413,6 +451,16 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
             ];
             if opts.reject {
                 args.push("--reject".to_owned());
+            }
+            if let Some((identities, peers)) = &mtls_dirs {
+                args.extend([
+                    "--mtls-identity".to_owned(),
+                    identities.join(&node.name).display().to_string(),
+                    "--tunnel-listen".to_owned(),
+                    SocketAddr::new(IpAddr::V4(node.ip4), TUNNEL_PORT).to_string(),
+                    "--tunnel-peers".to_owned(),
+                    peers.display().to_string(),
+                ]);
             }
             if let Some(a) = &opts.audit_log {
                 args.push("--audit-log".to_owned());
@@ -430,6 +478,19 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
                     node: node.clone(),
                     log: std::fs::read_to_string(log).unwrap_or_default(),
                 });
+            }
+        }
+        if mtls_dirs.is_some() {
+            // Every node must see every other's tunnel before the probes start: a source
+            // that does not know the destination's tunnel yet would send plaintext.
+            let needle = format!("tunnel advertisements nodes={}", logs.len());
+            for (node, log) in &logs {
+                if !wait_for_log(log, &needle, 1, Duration::from_secs(10)) {
+                    return Err(Error::NetwardStart {
+                        node: node.clone(),
+                        log: std::fs::read_to_string(log).unwrap_or_default(),
+                    });
+                }
             }
         }
         let _ = writeln!(out, "ready ({:.1}s)", t.elapsed().as_secs_f64());
@@ -453,7 +514,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
                             .count()
                     })
                     .collect();
-                write_step(&manifests, name, text, &cluster)?;
+                write_step(&manifests, name, text, &cluster, opts.mtls)?;
                 for ((node, log), c) in logs.iter().zip(counts) {
                     if !wait_for_log(log, "policy reloaded", c + 1, Duration::from_secs(10)) {
                         report
@@ -467,14 +528,22 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
             // The engine's view of this step: the same files netward reads.
             let step_files: Vec<&str> = steps.iter().take(*upto).map(|(n, _)| n.as_str()).collect();
             let snap = engine_snapshot(&manifests)?;
-            let probes = plan(&snap, &cluster, &topo, &routes, &externals, opts.ipv6);
+            let probes = plan(
+                &snap,
+                &cluster,
+                &topo,
+                &routes,
+                &externals,
+                opts.ipv6,
+                opts.mtls.is_some(),
+            );
             let observed = run_probes(&topo, probes, opts, out);
             print_step(&snap, &observed, opts, out, &mut report);
             check_tutorial(
                 &snap,
                 &expects,
-                &step_files,
-                *upto == steps.len(),
+                (&step_files, *upto == steps.len()),
+                opts.mtls.is_some(),
                 out,
                 &mut report,
             );
@@ -531,8 +600,55 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
     Ok(report)
 }
 
-fn write_lab_objects(dir: &Path, nodes: &[Node]) -> Result<()> {
+/// The lab's own objects: the nodes with their addresses, and with mTLS on, the
+/// namespaces no scenario file declares (labelled with the mode).
+/// The lab nodes' tunnel port.
+const TUNNEL_PORT: u16 = crate::mtls::tunnel::DEFAULT_PORT;
+
+/// A lab CA and one identity per node (`netward ca init` / `issue`, as files), and an
+/// empty advertisement directory. Returns (identities dir, advertisements dir).
+fn lab_identities(workdir: &Path, topo: &Topology) -> Result<(PathBuf, PathBuf)> {
+    use crate::mtls::identity;
+    let ca = workdir.join("ca");
+    let identities = workdir.join("identities");
+    let peers = workdir.join("tunnel-peers");
+    for d in [&ca, &identities, &peers] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    std::fs::create_dir_all(&peers).map_err(io("creating the tunnel advertisement directory"))?;
+    let td = identity::DEFAULT_TRUST_DOMAIN;
+    let fail = |e: identity::IdentityError| Error::Mtls(e.to_string());
+    identity::init_ca(&ca, td, identity::DEFAULT_CA_VALIDITY).map_err(fail)?;
+    for node in &topo.nodes {
+        identity::issue(
+            &ca,
+            &node.name,
+            &identities.join(&node.name),
+            td,
+            identity::DEFAULT_NODE_VALIDITY,
+        )
+        .map_err(fail)?;
+    }
+    Ok((identities, peers))
+}
+
+fn write_lab_objects(
+    dir: &Path,
+    nodes: &[Node],
+    implicit_namespaces: &[String],
+    mtls: Option<MtlsMode>,
+) -> Result<()> {
     let mut text = String::from("# Written by netward lab: the nodes and their addresses.\n");
+    if let Some(mode) = mtls {
+        for ns in implicit_namespaces {
+            let _ = write!(
+                text,
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{{}: {}}}}}\n",
+                netward_controller::model::MTLS_KEY,
+                mode.as_str()
+            );
+        }
+    }
     for n in nodes {
         let ips: Vec<String> = n
             .ips
@@ -552,7 +668,13 @@ fn write_lab_objects(dir: &Path, nodes: &[Node]) -> Result<()> {
 
 /// Writes one scenario file for netward to read, with the lab's placement and
 /// addresses filled in where the scenario left them out (nodeName, podIPs, clusterIPs).
-fn write_step(dir: &Path, name: &str, text: &str, cluster: &Cluster) -> Result<()> {
+fn write_step(
+    dir: &Path,
+    name: &str,
+    text: &str,
+    cluster: &Cluster,
+    mtls: Option<MtlsMode>,
+) -> Result<()> {
     use serde::Deserialize;
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(text) {
@@ -578,6 +700,22 @@ fn write_step(dir: &Path, name: &str, text: &str, cluster: &Cluster) -> Result<(
             meta(&v, "namespace").unwrap_or_else(|| "default".into()),
             meta(&v, "name").unwrap_or_default(),
         );
+        if kind == "Namespace"
+            && let Some(mode) = mtls
+        {
+            let has = v
+                .get("metadata")
+                .and_then(|m| m.get("labels"))
+                .and_then(|l| l.get(netward_controller::model::MTLS_KEY))
+                .is_some();
+            if !has {
+                set_path(
+                    &mut v,
+                    &["metadata", "labels", netward_controller::model::MTLS_KEY],
+                    mode.as_str().into(),
+                );
+            }
+        }
         if kind == "Pod" {
             if let Some(pod) = cluster.pods.get(&key) {
                 let ips: Vec<serde_yaml::Value> = pod
@@ -615,6 +753,21 @@ fn write_step(dir: &Path, name: &str, text: &str, cluster: &Cluster) -> Result<(
         docs.push(serde_yaml::to_string(&v).unwrap_or_default());
     }
     std::fs::write(dir.join(name), docs.join("---\n")).map_err(io(format!("writing {name}")))
+}
+
+/// The names of the Namespace objects a YAML text declares.
+fn declared_namespaces(text: &str) -> Vec<String> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
+        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("Namespace"))
+        .filter_map(|v| {
+            v.get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 fn set_path(v: &mut serde_yaml::Value, path: &[&str], value: serde_yaml::Value) {
@@ -747,6 +900,7 @@ fn plan(
     routes: &[ServiceRoute],
     externals: &[ExternalSpec],
     ipv6: bool,
+    mtls: bool,
 ) -> Vec<Probe> {
     let families: &[bool] = if ipv6 { &[false, true] } else { &[false] };
     let mut probes = Vec::new();
@@ -779,7 +933,7 @@ fn plan(
                         dst: dst_ep,
                         protocol,
                         port,
-                        transport: Transport::Plaintext,
+                        transport: transport_for(snap, &src_ep, &dst_ep, mtls),
                     };
                     let allowed = snap.authorize(&flow).allowed();
                     probes.push(Probe {
@@ -810,7 +964,12 @@ fn plan(
                             dst: snap.endpoint_for_ip(b.ip()),
                             protocol: r.protocol,
                             port: b.port(),
-                            transport: Transport::Plaintext,
+                            transport: transport_for(
+                                snap,
+                                &src_ep,
+                                &snap.endpoint_for_ip(b.ip()),
+                                mtls,
+                            ),
                         })
                         .allowed()
                     })
@@ -822,7 +981,7 @@ fn plan(
                     dst: snap.endpoint_for_ip(b.ip()),
                     protocol: r.protocol,
                     port: b.port(),
-                    transport: Transport::Plaintext,
+                    transport: transport_for(snap, &src_ep, &snap.endpoint_for_ip(b.ip()), mtls),
                 };
                 probes.push(Probe {
                     from: src.key(),
@@ -1103,8 +1262,8 @@ fn describe(allowed: Option<bool>, outcome: &Outcome) -> String {
 fn check_tutorial(
     snap: &Snapshot,
     expects: &[Expect],
-    step_files: &[&str],
-    last: bool,
+    (step_files, last): (&[&str], bool),
+    mtls: bool,
     out: &mut dyn Write,
     report: &mut Report,
 ) {
@@ -1139,7 +1298,7 @@ fn check_tutorial(
                     dst,
                     protocol: proto,
                     port: e.port,
-                    transport: Transport::Plaintext,
+                    transport: transport_for(snap, &src, &dst, mtls),
                 })
                 .allowed(),
             ),

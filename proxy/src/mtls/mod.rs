@@ -4,5 +4,6 @@
 
 pub mod identity;
 pub mod ktls;
+pub mod peers;
 pub mod signer;
 pub mod tunnel;
