@@ -186,22 +186,6 @@ impl SignerArgs {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// `netward signer`.
 pub(crate) fn signer(args: &SignerArgs) -> ExitCode {
     let (kubeconfig, cfg) = match args.validate() {
@@ -242,7 +226,7 @@ fn run(kubeconfig: Option<PathBuf>, cfg: SignerConfig) -> anyhow::Result<()> {
             client,
             cfg,
             Arc::new(SignerStatus::default()),
-            shutdown_signal(),
+            super::run::shutdown_signal(),
         )
         .await
         .context("the signer stopped")?;
