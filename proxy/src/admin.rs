@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -13,6 +13,10 @@ use netward_controller::Snapshot;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
+
+/// `/healthz` fails when a loop that reports heartbeats ([`Metrics::beat`]) has been
+/// silent this long: the process is up but wedged, and a restart is the fix.
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Errors starting the admin server.
 #[derive(Debug, thiserror::Error)]
@@ -106,19 +110,30 @@ fn route(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
-        "/readyz" => {
-            if metrics.ready.load(Ordering::Relaxed) {
-                reply(StatusCode::OK, "text/plain", "ready\n".into())
+        "/healthz" => {
+            let stalled = metrics.stalled(STALL_LIMIT);
+            if stalled.is_empty() {
+                reply(StatusCode::OK, "text/plain", "ok\n".into())
             } else {
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "not ready: rules or the first complete policy snapshot are not in place\n"
-                        .into(),
+                    format!(
+                        "unhealthy: no heartbeat for {}s from {}\n",
+                        STALL_LIMIT.as_secs(),
+                        stalled.join(", ")
+                    ),
                 )
             }
         }
+        "/readyz" => match metrics.not_ready_reason() {
+            None => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/debug/snapshot" => {
             let snap = snapshots.borrow().clone();
             reply(

@@ -1,9 +1,12 @@
 //! Prometheus metrics (`/metrics`), with bounded cardinality: labels carry verdicts,
 //! protocols, directions and policy names, never pod names or IPs.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use netward_controller::kube::{Kind, SyncStatus};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -34,6 +37,13 @@ pub struct BytesLabels {
     pub direction: String,
 }
 
+/// Labels of the per-resource `netward_kube_*` series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    /// The watched resource (`pods`, `namespaces`, `nodes`, `networkpolicies`).
+    resource: &'static str,
+}
+
 /// Everything the datapath counts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,8 +65,14 @@ pub struct Metrics {
     /// snapshot stays in force).
     pub reload_errors: AtomicU64,
     /// Whether the rules are installed and the first complete snapshot is loaded.
-    pub ready: std::sync::atomic::AtomicBool,
+    pub ready: AtomicBool,
+    /// Set on SIGTERM: the process is stopping, so `/readyz` fails whatever else holds.
+    pub draining: AtomicBool,
     runtime: Mutex<Option<tokio_metrics::RuntimeMonitor>>,
+    /// The Kubernetes API source (`netward node`), when there is one.
+    kube: OnceLock<Arc<SyncStatus>>,
+    /// Loops that report they are alive (`/healthz`), with their last report.
+    heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
     busy_micros: AtomicU64,
 }
 
@@ -74,8 +90,11 @@ impl Default for Metrics {
             published_at: AtomicI64::new(0),
             invalid_policies: AtomicU64::new(0),
             reload_errors: AtomicU64::new(0),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             runtime: Mutex::new(None),
+            kube: OnceLock::new(),
+            heartbeats: Mutex::new(BTreeMap::new()),
             busy_micros: AtomicU64::new(0),
         }
     }
@@ -101,6 +120,55 @@ impl Metrics {
         if let Ok(mut rt) = self.runtime.lock() {
             *rt = Some(tokio_metrics::RuntimeMonitor::new(handle));
         }
+    }
+
+    /// Reports the Kubernetes API source's health at each scrape (`netward_kube_*`) and
+    /// makes `/readyz` wait for its initial lists. Only the first call counts.
+    pub fn watch_kube(&self, status: Arc<SyncStatus>) {
+        let _ = self.kube.set(status);
+    }
+
+    /// Whether `/readyz` passes: the datapath serves (rules installed, listeners up),
+    /// the API source (if any) has completed its initial lists, and no drain has begun.
+    /// Once synced, API trouble does not make it false: the last snapshot is enforced,
+    /// and the staleness is in the metrics.
+    pub fn is_ready(&self) -> bool {
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why `/readyz` fails, for its body (`None`: ready).
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Some("draining: netward is stopping")
+        } else if self.kube.get().is_some_and(|s| !s.is_ready()) {
+            Some("the Kubernetes API watchers have not completed their initial lists")
+        } else if !self.ready.load(Ordering::Relaxed) {
+            Some("the interception rules or listeners are not in place yet")
+        } else {
+            None
+        }
+    }
+
+    /// Notes that the loop `name` is alive (see [`Metrics::stalled`]).
+    pub fn beat(&self, name: &'static str) {
+        if let Ok(mut beats) = self.heartbeats.lock() {
+            beats.insert(name, Instant::now());
+        }
+    }
+
+    /// The loops that reported with [`Metrics::beat`] but not for `max` (`/healthz`
+    /// fails while any is stalled). Loops that never reported are not watched.
+    pub fn stalled(&self, max: Duration) -> Vec<&'static str> {
+        self.heartbeats.lock().map_or_else(
+            |_| Vec::new(),
+            |beats| {
+                beats
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() > max)
+                    .map(|(name, _)| *name)
+                    .collect()
+            },
+        )
     }
 
     /// A registry with every metric, for the admin server.
@@ -170,9 +238,18 @@ impl Collector for Atomics {
         gauge(
             &mut enc,
             "ready",
-            "1 when the rules are installed and the first complete policy snapshot is loaded",
-            i64::from(m.ready.load(Ordering::Relaxed)),
+            "1 when /readyz passes: rules installed, listeners up, first complete policy snapshot loaded, not draining",
+            i64::from(m.is_ready()),
         )?;
+        gauge(
+            &mut enc,
+            "draining",
+            "1 once a SIGTERM started the drain",
+            i64::from(m.draining.load(Ordering::Relaxed)),
+        )?;
+        if let Some(status) = m.kube.get() {
+            encode_kube(&mut enc, status)?;
+        }
         gauge(
             &mut enc,
             "snapshot_generation",
@@ -298,6 +375,98 @@ impl Collector for Atomics {
         }
         Ok(())
     }
+}
+
+fn gauge_f64(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One gauge per watched resource.
+fn per_resource(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl Fn(Kind) -> f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(0.0_f64);
+    let mut family = enc.encode_descriptor(name, help, None, g.metric_type())?;
+    for kind in Kind::ALL {
+        let labels = ResourceLabels {
+            resource: kind.resource(),
+        };
+        ConstGauge::new(value(kind)).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// The Kubernetes API source's figures (`netward node`).
+fn encode_kube(enc: &mut DescriptorEncoder, s: &SyncStatus) -> Result<(), std::fmt::Error> {
+    gauge(
+        enc,
+        "kube_initial_sync_done",
+        "1 once every watcher completed its initial list and the first snapshot was published",
+        i64::from(s.is_ready()),
+    )?;
+    per_resource(
+        enc,
+        "kube_staleness_seconds",
+        "How long this resource's view may lag the API: 0 while its watch is healthy, else seconds since it last succeeded",
+        |k| s.kind_staleness(k).as_secs_f64(),
+    )?;
+    per_resource(
+        enc,
+        "kube_last_success_age_seconds",
+        "Seconds since the last successful API response or event for this resource (-1: never); grows on a quiet healthy watch too",
+        |k| s.since_ok(k).map_or(-1.0, |d| d.as_secs_f64()),
+    )?;
+    gauge_f64(
+        enc,
+        "kube_staleness_max_seconds",
+        "How long the enforced policy may lag the API (the largest per-resource staleness; 0 when every watch is healthy)",
+        s.staleness().as_secs_f64(),
+    )?;
+    gauge(
+        enc,
+        "kube_last_sync_timestamp_seconds",
+        "Unix time up to which the enforced policy is known to match the API (0 before the initial sync)",
+        i64::try_from(s.last_successful_sync_unix()).unwrap_or(i64::MAX),
+    )?;
+    counter(
+        enc,
+        "kube_relists",
+        "Relists after the initial one (410 Gone, watcher restarts)",
+        s.relists(),
+    )?;
+    counter(
+        enc,
+        "kube_watch_errors",
+        "Failed API lists and watches (retried with backoff)",
+        s.errors(),
+    )?;
+    counter(
+        enc,
+        "kube_events",
+        "Watch events received (every resource)",
+        s.events(),
+    )?;
+    counter(
+        enc,
+        "kube_snapshots",
+        "Policy snapshots published from the API",
+        s.snapshots(),
+    )?;
+    counter(
+        enc,
+        "kube_full_compiles",
+        "Snapshots built by a full compile (the others were incremental)",
+        s.full_compiles(),
+    )
 }
 
 /// The kernel's drop counters of netward's queues, from /proc/net/netfilter/nfnetlink_queue

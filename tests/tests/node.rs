@@ -6,13 +6,16 @@
 //! `NETWARD_E2E_OUTAGE_SECS` sets the outage (default 10; the acceptance run uses 60).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netward_controller::Cluster;
+use netward_controller::kube::Kind;
 use netward_controller::kube::fake::FakeApi;
 use netward_e2e::{Lab, Netward, root};
 use netward_proxy::lab::netns::Netns;
@@ -469,4 +472,513 @@ fn node_at_10000_pods() {
     lab.node()
         .exec(&[netward_e2e::netward_bin().to_str().unwrap(), "cleanup"])
         .unwrap();
+}
+
+/// The admin port `netward node` listens on by default (`--admin-addr 0.0.0.0:15021`).
+const ADMIN_PORT: u16 = 15021;
+
+/// `netward node` started by hand rather than with `Netward::start` (which waits for the
+/// datapath): to probe it before its initial sync and to time its exit after SIGTERM.
+/// Killed on drop if still running.
+struct NodeProc {
+    child: Option<Child>,
+    log: tempfile::NamedTempFile,
+}
+
+impl NodeProc {
+    fn start(ns: &Netns, args: &[&str]) -> NodeProc {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        // One open file for both streams: a shared offset, so neither overwrites the other.
+        let out = log.reopen().unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name()])
+            .arg(netward_e2e::netward_bin())
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        NodeProc {
+            child: Some(child),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "netward exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "netward did not log {needle:?} within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn term(&self) {
+        let pid = i32::try_from(self.child.as_ref().unwrap().id()).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    /// The exit status, if it exits within `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Removes the rules a `netward node` kept, when the test ends (even by a panic).
+struct CleanupRules<'a>(&'a Netns);
+
+impl Drop for CleanupRules<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .exec(&[netward_e2e::netward_bin().to_str().unwrap(), "cleanup"]);
+    }
+}
+
+/// `GET path` on the admin server, from inside the node namespace: `(status, body)`,
+/// `None` if nothing answers.
+fn admin_get(ns: &Netns, path: &str) -> Option<(u16, String)> {
+    let path = path.to_owned();
+    ns.run(move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    })
+    .unwrap()
+}
+
+fn status_of(ns: &Netns, path: &str) -> Option<u16> {
+    admin_get(ns, path).map(|(s, _)| s)
+}
+
+/// `/metrics`, parsed with a Prometheus text-format parser.
+fn scrape(ns: &Netns) -> prometheus_parse::Scrape {
+    let (status, body) = admin_get(ns, "/metrics").expect("/metrics answers");
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("/metrics does not parse ({e}):\n{body}"))
+}
+
+/// The value of the sample `name` whose labels include `want` (`None`: absent).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && want.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// [`sample`], which must be present.
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, want: &[(&str, &str)]) -> f64 {
+    sample(scrape, name, want).unwrap_or_else(|| {
+        let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        panic!("no sample {name} {want:?} in /metrics; have {names:?}")
+    })
+}
+
+/// Polls `f` every 100 ms until it holds; panics with `what` after `limit`.
+fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+const RESOURCES: [&str; 4] = ["namespaces", "nodes", "pods", "networkpolicies"];
+
+/// The admin server is up before the initial sync: `/healthz` passes while the
+/// NetworkPolicy list is held (HTTP 500s), `/readyz` fails until every list completed
+/// and the datapath serves, then passes, and keeps passing through an API outage and a
+/// 410 Gone relist (staleness shows in `/metrics` instead).
+#[test]
+fn node_admin_probes_follow_the_initial_sync_and_survive_api_trouble() {
+    if !root() {
+        return;
+    }
+    let lab = single_node_lab();
+    let fake = FakeApi::new();
+    fake.set_bookmark_every(Duration::from_millis(200));
+    load(&fake, &lab.cluster);
+    fake.set_unavailable(Kind::NetworkPolicy, true);
+    let api = NsApi::start(lab.node(), fake);
+    let _cleanup = CleanupRules(lab.node());
+    let kc = api.kubeconfig();
+    // The default --admin-addr (0.0.0.0:15021).
+    let mut nw = NodeProc::start(
+        lab.node(),
+        &[
+            "node",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ],
+    );
+    let ns = lab.node();
+    let up = eventually("/healthz answers 200", Duration::from_secs(10), || {
+        status_of(ns, "/healthz") == Some(200)
+    });
+    eprintln!("admin server up {up:?} after start");
+    // The lists of NetworkPolicies fail: not ready, but alive.
+    eventually("a failed list is counted", Duration::from_secs(10), || {
+        metric(&scrape(ns), "netward_kube_watch_errors_total", &[]) >= 1.0
+    });
+    for _ in 0..10 {
+        let (status, body) = admin_get(ns, "/readyz").unwrap();
+        assert_eq!(status, 503, "not ready before the initial lists: {body}");
+        assert!(body.contains("initial lists"), "{body}");
+        assert_eq!(status_of(ns, "/healthz"), Some(200));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!nw.log().contains("datapath ready"), "{}", nw.log());
+    let m = scrape(ns);
+    assert_eq!(metric(&m, "netward_kube_initial_sync_done", &[]), 0.0);
+    assert_eq!(metric(&m, "netward_ready", &[]), 0.0);
+    assert_eq!(
+        metric(&m, "netward_kube_last_sync_timestamp_seconds", &[]),
+        0.0
+    );
+    assert!(
+        metric(
+            &m,
+            "netward_kube_staleness_seconds",
+            &[("resource", "networkpolicies")]
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "netward_kube_last_success_age_seconds",
+            &[("resource", "networkpolicies")]
+        ),
+        -1.0,
+        "never listed"
+    );
+
+    // Release the list: ready once listed and the datapath serves.
+    let released = Instant::now();
+    api.fake.set_unavailable(Kind::NetworkPolicy, false);
+    let took = eventually(
+        "/readyz 200 after the lists",
+        Duration::from_secs(45),
+        || status_of(ns, "/readyz") == Some(200),
+    );
+    eprintln!("/readyz 200 {took:?} after the API served the lists (kube backoff included)");
+    assert!(nw.log().contains("initial sync complete") && nw.log().contains("datapath ready"));
+    let m = scrape(ns);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(metric(&m, "netward_kube_initial_sync_done", &[]), 1.0);
+    assert_eq!(metric(&m, "netward_ready", &[]), 1.0);
+    assert_eq!(metric(&m, "netward_draining", &[]), 0.0);
+    assert_eq!(metric(&m, "netward_active_connections", &[]), 0.0);
+    assert_eq!(metric(&m, "netward_kube_relists_total", &[]), 0.0);
+    assert!(metric(&m, "netward_kube_watch_errors_total", &[]) >= 1.0);
+    // 1 namespace + 1 node + 3 pods, plus the Init/InitDone markers of each list.
+    assert!(metric(&m, "netward_kube_events_total", &[]) >= 5.0);
+    assert!(metric(&m, "netward_kube_snapshots_total", &[]) >= 1.0);
+    assert!(metric(&m, "netward_kube_full_compiles_total", &[]) >= 1.0);
+    let synced = metric(&m, "netward_kube_last_sync_timestamp_seconds", &[]);
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&synced),
+        "last sync {synced}, now {now}"
+    );
+    for r in RESOURCES {
+        assert_eq!(
+            metric(&m, "netward_kube_staleness_seconds", &[("resource", r)]),
+            0.0,
+            "{r}"
+        );
+        let age = metric(
+            &m,
+            "netward_kube_last_success_age_seconds",
+            &[("resource", r)],
+        );
+        assert!(
+            (0.0..=released.elapsed().as_secs_f64() + 60.0).contains(&age),
+            "{r}: {age}"
+        );
+    }
+    assert_eq!(metric(&m, "netward_kube_staleness_max_seconds", &[]), 0.0);
+
+    // An API outage: still ready (the last snapshot is enforced), staleness grows.
+    api.fake.set_down(true);
+    let mut checks = 0;
+    eventually("staleness above 2 s", Duration::from_secs(20), || {
+        checks += 1;
+        assert_eq!(
+            status_of(ns, "/readyz"),
+            Some(200),
+            "an API outage must not make the pod unready"
+        );
+        metric(&scrape(ns), "netward_kube_staleness_max_seconds", &[]) > 2.0
+    });
+    let m = scrape(ns);
+    assert!(RESOURCES.iter().all(|r| metric(
+        &m,
+        "netward_kube_staleness_seconds",
+        &[("resource", r)]
+    ) > 0.0));
+    let errors = metric(&m, "netward_kube_watch_errors_total", &[]);
+    assert!(errors >= 5.0, "{errors}");
+    // Back: fresh again (kube's backoff), still ready.
+    api.fake.set_down(false);
+    let recovered = ready_until(&nw, ns, "fresh again", Duration::from_secs(75), |m| {
+        metric(m, "netward_kube_staleness_max_seconds", &[]) == 0.0
+    });
+    // A 410 Gone on the open watches: relisted, still ready.
+    api.fake.expire_watches();
+    ready_until(&nw, ns, "relisted", Duration::from_secs(30), |m| {
+        metric(m, "netward_kube_relists_total", &[]) >= 1.0
+            && metric(m, "netward_kube_staleness_max_seconds", &[]) == 0.0
+    });
+    eprintln!(
+        "outage: /readyz stayed 200 over {checks} checks; fresh {recovered:?} after the API came back; relisted after 410 Gone"
+    );
+
+    nw.term();
+    let status = nw.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        nw.log()
+    );
+    assert!(
+        nw.log().contains("no live connections to drain"),
+        "{}",
+        nw.log()
+    );
+}
+
+/// Scrapes every 100 ms until `done` holds, asserting `/readyz` is 200 at each step;
+/// panics with the metrics and the log after `limit`.
+fn ready_until(
+    nw: &NodeProc,
+    ns: &Netns,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        assert_eq!(
+            status_of(ns, "/readyz"),
+            Some(200),
+            "{what}: must stay ready"
+        );
+        if done(&scrape(ns)) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}:\n{}\n{}",
+            admin_get(ns, "/metrics").unwrap().1,
+            nw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Opens a TCP connection from a pod to `t/b`:80 (the lab's echo server) and checks
+/// that it echoes.
+fn open_echo(lab: &Lab, from: &str) -> TcpStream {
+    let dst = SocketAddr::new(lab.ip("t/b", false), 80);
+    let mut s = lab
+        .pod(from)
+        .run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(2)))
+        .unwrap()
+        .expect("connect t/b:80");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    echo(&mut s, b"hello");
+    s
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, msg);
+}
+
+fn start_drain_node(lab: &Lab, kc: &std::path::Path, grace: &str) -> NodeProc {
+    let mut nw = NodeProc::start(
+        lab.node(),
+        &[
+            "node",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--admin-addr",
+            "127.0.0.1:15021",
+            "--drain-grace-secs",
+            grace,
+        ],
+    );
+    nw.wait_for("datapath ready", Duration::from_secs(20));
+    eventually("/readyz 200", Duration::from_secs(10), || {
+        status_of(lab.node(), "/readyz") == Some(200)
+    });
+    nw
+}
+
+/// SIGTERM with a live relayed connection: `/readyz` fails at once, the process waits
+/// for the connection (which still works) and exits as soon as the client closes it;
+/// with a short grace it exits at the deadline and the connection is closed. The rules
+/// stay after either exit (no `--cleanup-on-exit`).
+#[test]
+fn node_drains_live_connections_on_sigterm() {
+    if !root() {
+        return;
+    }
+    let lab = single_node_lab();
+    let fake = FakeApi::new();
+    load(&fake, &lab.cluster);
+    let api = NsApi::start(lab.node(), fake);
+    let _cleanup = CleanupRules(lab.node());
+    let kc = api.kubeconfig();
+    let ns = lab.node();
+
+    // 1. The client closes within the grace period.
+    let mut nw = start_drain_node(&lab, &kc, "20");
+    let mut conn = open_echo(&lab, "t/a");
+    assert_eq!(
+        metric(&scrape(ns), "netward_active_connections", &[]),
+        1.0,
+        "the connection is relayed by netward"
+    );
+    let t0 = Instant::now();
+    nw.term();
+    nw.wait_for("draining live connections", Duration::from_secs(5));
+    let (status, body) = admin_get(ns, "/readyz").expect("the admin server answers while draining");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(status_of(ns, "/healthz"), Some(200));
+    assert_eq!(metric(&scrape(ns), "netward_draining", &[]), 1.0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        nw.wait_exit(Duration::ZERO).is_none(),
+        "exited with a live connection:\n{}",
+        nw.log()
+    );
+    echo(&mut conn, b"still relayed while draining");
+    let closed = Instant::now();
+    drop(conn);
+    let status = nw.wait_exit(Duration::from_secs(5));
+    let after_close = closed.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        nw.log()
+    );
+    eprintln!(
+        "drain: exited {after_close:?} after the client closed ({:?} after SIGTERM, grace 20 s)",
+        t0.elapsed()
+    );
+    assert!(after_close < Duration::from_secs(2), "{after_close:?}");
+    let log = nw.log();
+    assert!(
+        log.contains("drained") && !log.contains("grace period over"),
+        "{log}"
+    );
+    assert!(log.contains("interception rules kept"), "{log}");
+    assert!(
+        ns.sh("nft list table inet netward").is_ok(),
+        "rules kept after the exit"
+    );
+
+    // 2. The client keeps its connection past a 2 s grace.
+    let mut nw = start_drain_node(&lab, &kc, "2");
+    let mut conn = open_echo(&lab, "t/a");
+    let t0 = Instant::now();
+    nw.term();
+    let status = nw.wait_exit(Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}:\n{}",
+        nw.log()
+    );
+    eprintln!("drain: exited {took:?} after SIGTERM with the connection still open (grace 2 s)");
+    assert!(
+        (Duration::from_millis(1900)..Duration::from_secs(5)).contains(&took),
+        "{took:?}:\n{}",
+        nw.log()
+    );
+    let log = nw.log();
+    assert!(
+        log.contains("drain grace period over") && log.contains("remaining=1"),
+        "{log}"
+    );
+    assert!(log.contains("interception rules kept"), "{log}");
+    assert!(
+        ns.sh("nft list table inet netward").is_ok(),
+        "rules kept after the exit"
+    );
+    // netward's end of the relay is gone: the client sees the close.
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Err(e)
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut => {}
+        other => panic!("the connection outlived netward: {other:?}"),
+    }
 }

@@ -219,6 +219,28 @@ impl SyncStatus {
         }
     }
 
+    /// Per kind: the time since its last successful API response or event (`None`:
+    /// never). A healthy but quiet watch also ages here (until its next event or
+    /// re-established watch): [`SyncStatus::kind_staleness`] is the alarm signal.
+    pub fn since_ok(&self, kind: Kind) -> Option<Duration> {
+        let ok = self.last_ok_ms[kind.index()].load(Ordering::Acquire);
+        (ok != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(ok)))
+    }
+
+    /// Per kind: how long its view may lag the API: zero while its watch is healthy,
+    /// otherwise the time since it last succeeded (since the start if it never did).
+    pub fn kind_staleness(&self, kind: Kind) -> Duration {
+        let ok = self.last_ok_ms[kind.index()].load(Ordering::Acquire);
+        let err = self.last_error_ms[kind.index()].load(Ordering::Acquire);
+        if ok == 0 {
+            self.started.elapsed()
+        } else if err > ok {
+            Duration::from_millis(self.now_ms().saturating_sub(ok))
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// Unix time (seconds) up to which the enforced policy is known to match the API.
     pub fn last_successful_sync_unix(&self) -> u64 {
         if !self.is_ready() {
@@ -707,7 +729,11 @@ async fn run_streams<S>(
                 let Some((kind, change)) = item else { return };
                 match change {
                     Ok(change) => {
-                        status.note_ok(kind);
+                        // `Init` is the watcher's own marker before a list request, not
+                        // an answer from the API.
+                        if !matches!(change, Change::Init) {
+                            status.note_ok(kind);
+                        }
                         let was_synced = state.synced();
                         state.apply(kind, change, &status);
                         if !was_synced && state.synced() {
@@ -834,8 +860,13 @@ mod tests {
             "{:?}",
             s.staleness()
         );
+        assert!(s.kind_staleness(Kind::Pod) >= Duration::from_millis(20));
+        assert_eq!(s.kind_staleness(Kind::Node), Duration::ZERO);
+        assert!(s.since_ok(Kind::Node).is_some());
         s.note_ok(Kind::Pod);
         assert_eq!(s.staleness(), Duration::ZERO);
+        assert_eq!(s.kind_staleness(Kind::Pod), Duration::ZERO);
         assert_eq!(s.errors(), 1);
+        assert_eq!(SyncStatus::new().since_ok(Kind::Pod), None);
     }
 }

@@ -4,24 +4,34 @@
 //!
 //! Threads: `netward-kube` (a current-thread runtime: the watchers, the debounced
 //! compiles) publishes snapshots on a watch channel; the `netward-data` runtime runs
-//! the datapath, which follows that channel; the verdict thread is the datapath's.
+//! the datapath, which follows that channel; the verdict thread is the datapath's;
+//! `netward-admin` serves `/healthz`, `/readyz` and `/metrics` from before the initial
+//! sync to the end of the drain.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use netward_controller::Snapshot;
 use netward_controller::kube::{self as source, SyncStatus};
 use netward_iptables::{CommandRunner, Config as RulesConfig};
+use netward_proxy::admin;
 use netward_proxy::datapath::{self, Options};
+use netward_proxy::metrics::Metrics;
 use netward_proxy::relay::RelayOptions;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 /// EX_USAGE: a bad flag, environment variable or API configuration.
 const EXIT_USAGE: u8 = 64;
+/// How often the drain checks the live connections.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// How often each loop reports to `/healthz` (see [`admin::STALL_LIMIT`]).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Every option is a flag and an environment variable (the DaemonSet's ConfigMap sets
 /// the variables). Values are read as text and validated once, so that a bad one exits
@@ -61,6 +71,10 @@ pub(crate) struct NodeArgs {
     /// How long after the first change of a batch the policy is recompiled.
     #[arg(long, env = "NETWARD_DEBOUNCE_MS", default_value = "100")]
     debounce_ms: String,
+    /// Address of the admin server (/healthz, /readyz, /metrics, /debug/snapshot): the
+    /// DaemonSet's probes and Prometheus use it (hostNetwork: the node's port).
+    #[arg(long, env = "NETWARD_ADMIN_ADDR", default_value = "0.0.0.0:15021")]
+    admin_addr: String,
 }
 
 /// A configuration value that cannot be used.
@@ -89,6 +103,7 @@ pub(crate) struct NodeConfig {
     cleanup_on_exit: bool,
     drain_grace: Duration,
     debounce: Duration,
+    admin_addr: SocketAddr,
 }
 
 fn bad(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -143,6 +158,34 @@ fn check_node_name(v: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `IP:PORT`, not port 0 (the probes need a known port) and not the transparent
+/// listener's port.
+fn parse_admin_addr(v: &str, tproxy_port: u16) -> Result<SocketAddr, ConfigError> {
+    const NAME: &str = "--admin-addr/NETWARD_ADMIN_ADDR";
+    let addr: SocketAddr = v.trim().parse().map_err(|e| {
+        bad(
+            NAME,
+            v,
+            format!("expected IP:PORT, like 0.0.0.0:15021 ({e})"),
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(bad(
+            NAME,
+            v,
+            "the port must not be 0: the probes need a known port",
+        ));
+    }
+    if addr.port() == tproxy_port {
+        return Err(bad(
+            NAME,
+            v,
+            format!("port {tproxy_port} is the transparent listener's (--tproxy-port)"),
+        ));
+    }
+    Ok(addr)
+}
+
 impl NodeArgs {
     /// Validates every value once.
     pub(crate) fn validate(&self) -> Result<NodeConfig, ConfigError> {
@@ -175,6 +218,7 @@ impl NodeArgs {
                 e.to_string(),
             )
         })?;
+        let admin_addr = parse_admin_addr(&self.admin_addr, rules.tcp_port)?;
         Ok(NodeConfig {
             node,
             kubeconfig: self.kubeconfig.clone(),
@@ -203,24 +247,57 @@ impl NodeArgs {
                 0,
                 10_000,
             )?),
+            admin_addr,
         })
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Counts SIGTERMs and SIGINTs on `count` (the first starts the drain, a second one
+/// ends it). Registered before this returns, so that no signal is missed between phases.
+fn watch_signals(
+    runtime: &tokio::runtime::Runtime,
+    count: watch::Sender<u32>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    let _guard = runtime.enter();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    runtime.spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            count.send_modify(|n| *n += 1);
+            info!(signal = name, count = *count.borrow(), "signal received");
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    });
+    Ok(())
+}
+
+/// Completes once `n` signals have been received (never if the watcher is gone).
+async fn signalled(mut count: watch::Receiver<u32>, n: u32) {
+    if count.wait_for(|c| *c >= n).await.is_err() {
+        std::future::pending::<()>().await;
     }
+}
+
+/// Reports that the current runtime's loop is alive, every [`HEARTBEAT`].
+async fn heartbeat(metrics: Arc<Metrics>, name: &'static str) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        metrics.beat(name);
+    }
+}
+
+/// How the datapath phase ended.
+enum Outcome {
+    /// Stopped (or failed) before the first sync: the datapath never ran.
+    NotStarted(Result<(), String>),
+    /// The datapath ran (its rules were installed, or it failed trying).
+    Ran(Result<(), String>),
 }
 
 pub(crate) fn node(args: &NodeArgs) -> ExitCode {
@@ -232,6 +309,19 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
         }
     };
     let status = Arc::new(SyncStatus::new());
+    let metrics = Arc::new(Metrics::default());
+    metrics.watch_kube(status.clone());
+    // Until the watchers have listed everything, the placeholder denies every flow.
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::not_ready()));
+
+    // First, so that liveness holds during the initial sync (readiness does not).
+    match admin::start(cfg.admin_addr, metrics.clone(), rx.clone()) {
+        Ok(bound) => info!(admin.addr = %bound, "admin server listening"),
+        Err(e) => {
+            eprintln!("netward: error: {e} (--admin-addr/NETWARD_ADMIN_ADDR)");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
 
     // The API side: its own thread and runtime, off the data-plane workers.
     let kube_rt = match tokio::runtime::Builder::new_current_thread()
@@ -251,21 +341,20 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    // Until the watchers have listed everything, the placeholder denies every flow.
-    let (tx, rx) = watch::channel(Arc::new(Snapshot::not_ready()));
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let source_opts = source::Options {
         debounce: cfg.debounce,
         ..source::Options::default()
     };
     let kube_thread = {
-        let status = status.clone();
+        let (status, metrics) = (status.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("netward-kube".into())
             .spawn(move || {
                 kube_rt.block_on(async move {
                     tokio::select! {
                         () = source::run(client, source_opts, tx, status) => {}
+                        () = heartbeat(metrics, "kube") => {}
                         _ = &mut stop_rx => {}
                     }
                 });
@@ -291,6 +380,13 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let (signals_tx, signals) = watch::channel(0u32);
+    if let Err(e) = watch_signals(&runtime, signals_tx) {
+        eprintln!("netward: error: cannot handle SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
+    metrics.watch_runtime(runtime.handle());
+    runtime.spawn(heartbeat(metrics.clone(), "datapath"));
     let opts = Options {
         rules: cfg.rules.clone(),
         reject: cfg.reject,
@@ -302,73 +398,96 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
         node: Some(cfg.node.clone()),
         // Removed here after the drain, not by the datapath: draining connections need them.
         cleanup_on_exit: false,
+        metrics: metrics.clone(),
         ..Options::default()
     };
     info!(
         node = %cfg.node,
         cleanup_on_exit = cfg.cleanup_on_exit,
         drain_grace_s = cfg.drain_grace.as_secs(),
+        admin.addr = %cfg.admin_addr,
         "netward node starting"
     );
-    let handle = runtime.handle().clone();
-    let result = runtime.block_on(async {
+    let outcome = runtime.block_on(async {
         let mut first = rx.clone();
         // Rules left by the previous instance (kept on exit) stay in place meanwhile:
         // with no queue reader, the kernel drops the new flows they divert.
         tokio::select! {
             r = first.wait_for(|s| s.is_ready()) => {
                 if r.is_err() {
-                    return Err("the API source stopped before its first sync".to_owned());
+                    return Outcome::NotStarted(Err("the API source stopped before its first sync".to_owned()));
                 }
             }
-            () = shutdown_signal() => {
+            () = signalled(signals.clone(), 1) => {
+                metrics.draining.store(true, Ordering::Relaxed);
                 info!("stopped before the first sync; rules left as they were");
-                return Ok(false);
+                return Outcome::NotStarted(Ok(()));
             }
         }
         drop(first);
-        datapath::run(opts, rx, shutdown_signal())
-            .await
-            .map(|()| true)
-            .map_err(|e| e.to_string())
+        // Not ready from the signal on, before the listeners close.
+        let stop = {
+            let (metrics, signals) = (metrics.clone(), signals.clone());
+            async move {
+                signalled(signals, 1).await;
+                metrics.draining.store(true, Ordering::Relaxed);
+            }
+        };
+        Outcome::Ran(
+            datapath::run(opts, rx, stop)
+                .await
+                .map_err(|e| e.to_string()),
+        )
     });
-    let code = match result {
-        Ok(ran) => {
-            if ran {
-                drain(&runtime, &handle, cfg.drain_grace);
+    let (ran, result) = match outcome {
+        Outcome::NotStarted(r) => (false, r),
+        Outcome::Ran(r) => (true, r),
+    };
+    metrics.draining.store(true, Ordering::Relaxed);
+    if ran && result.is_ok() {
+        // The listeners are closed and the verdict thread is gone; the relays live on
+        // the runtime's workers until they finish or the runtime is dropped.
+        drain(&runtime, &metrics, cfg.drain_grace, signals);
+    }
+    // Ends the remaining relays: their sockets close.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if ran && cfg.cleanup_on_exit {
+        match netward_iptables::apply::remove(&CommandRunner::new(), &cfg.rules) {
+            Ok(_) => info!("interception rules removed (--cleanup-on-exit)"),
+            Err(e) => {
+                warn!(error = %e, "could not remove every interception rule: run `netward cleanup`")
             }
-            if ran && cfg.cleanup_on_exit {
-                match netward_iptables::apply::remove(&CommandRunner::new(), &cfg.rules) {
-                    Ok(_) => info!("interception rules removed (--cleanup-on-exit)"),
-                    Err(e) => {
-                        warn!(error = %e, "could not remove every interception rule: run `netward cleanup`")
-                    }
-                }
-            } else if ran {
-                info!("interception rules kept: the node fails closed until netward starts again");
-            }
-            ExitCode::SUCCESS
         }
+    } else if ran {
+        info!("interception rules kept: the node fails closed until netward starts again");
+    }
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "netward node failed");
             eprintln!("netward: error: {e}");
             ExitCode::FAILURE
         }
     };
-    drop(runtime);
     let _ = stop_tx.send(());
     let _ = kube_thread.join();
     code
 }
 
-/// Lets live connections finish, up to `grace` (or a second signal). New connections
-/// are no longer accepted: the listeners are closed, and with no queue reader the
-/// kernel drops new diverted flows.
-fn drain(runtime: &tokio::runtime::Runtime, handle: &tokio::runtime::Handle, grace: Duration) {
-    let live = || handle.metrics().num_alive_tasks();
+/// Lets the live relayed connections (`Metrics::active`) finish, up to `grace` (or a
+/// second signal). New connections are no longer accepted: the listeners are closed,
+/// and with no queue reader the kernel drops new diverted flows.
+fn drain(
+    runtime: &tokio::runtime::Runtime,
+    metrics: &Metrics,
+    grace: Duration,
+    signals: watch::Receiver<u32>,
+) {
+    let live = || metrics.active.get();
     let start = Instant::now();
     let at_start = live();
-    if at_start == 0 {
+    if at_start <= 0 {
+        info!("no live connections to drain");
         return;
     }
     info!(
@@ -379,12 +498,17 @@ fn drain(runtime: &tokio::runtime::Runtime, handle: &tokio::runtime::Handle, gra
     let done = runtime.block_on(async {
         tokio::select! {
             () = async {
+                let mut tick = tokio::time::interval(DRAIN_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while live() > 0 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tick.tick().await;
                 }
             } => true,
             () = tokio::time::sleep(grace) => false,
-            () = shutdown_signal() => false,
+            () = signalled(signals, 2) => {
+                info!("second signal: ending the drain");
+                false
+            }
         }
     });
     let waited_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -446,6 +570,18 @@ mod tests {
                 &["--node-name", "a", "--kubeconfig", "/nonexistent/kc"],
                 "--kubeconfig/NETWARD_KUBECONFIG=\"/nonexistent/kc\": no such file",
             ),
+            (
+                &["--node-name", "a", "--admin-addr", "localhost:15021"],
+                "--admin-addr/NETWARD_ADMIN_ADDR=\"localhost:15021\": expected IP:PORT",
+            ),
+            (
+                &["--node-name", "a", "--admin-addr", "0.0.0.0:0"],
+                "--admin-addr/NETWARD_ADMIN_ADDR=\"0.0.0.0:0\": the port must not be 0",
+            ),
+            (
+                &["--node-name", "a", "--admin-addr", "0.0.0.0:15001"],
+                "--admin-addr/NETWARD_ADMIN_ADDR=\"0.0.0.0:15001\": port 15001 is the transparent listener's",
+            ),
         ];
         for (argv, want) in cases {
             let err = parse(argv).expect_err(want);
@@ -468,6 +604,7 @@ mod tests {
         assert_eq!(cfg.node, "node-a.example");
         assert!(cfg.reject && cfg.cleanup_on_exit && cfg.splice && cfg.rules.ipv6);
         assert_eq!(cfg.debounce, Duration::from_millis(100));
+        assert_eq!(cfg.admin_addr, SocketAddr::from(([0, 0, 0, 0], 15021)));
         let cfg = parse(&["--node-name", "n"]).expect("valid");
         assert!(!cfg.cleanup_on_exit, "rules are kept on exit by default");
         assert!(!cfg.reject);
