@@ -426,6 +426,7 @@ async fn serve(
 
     // The mTLS tunnel: the listener (advertised once up), and the source side's pool.
     let mut tunnel_server = None;
+    let mut advertiser: Option<Arc<dyn crate::mesh::Advertiser>> = None;
     let mesh = match &opts.mtls {
         None => None,
         Some(mtls) => {
@@ -438,15 +439,15 @@ async fn serve(
                 }
             }
             let _reloader = mtls.identity.spawn_reloader(Duration::from_secs(5));
-            let peers =
-                crate::mtls::peers::watch_dir(mtls.peers_dir.clone(), Duration::from_millis(200));
+            let (peers, adv) = mtls.peers.open();
+            advertiser = Some(adv.clone());
             let handler = Arc::new(crate::mesh::TunnelHandler {
                 policy: policy.clone(),
                 opts: opts.clone(),
                 listen: mtls.listen,
             });
             tunnel_server = Some(
-                crate::mesh::start_server(mtls, handler, stop_tunnel_rx)
+                crate::mesh::start_server(mtls, handler, adv.as_ref(), stop_tunnel_rx)
                     .await
                     .map_err(|source| Error::Listen {
                         addr: mtls.listen,
@@ -554,9 +555,9 @@ async fn serve(
         () = shutdown => info!("shutting down"),
         () = follow => {}
     }
-    if let Some(mtls) = &opts.mtls {
+    if let (Some(mtls), Some(adv)) = (&opts.mtls, &advertiser) {
         // Withdraw first, so that sources stop choosing this node for new streams.
-        if let Err(e) = crate::mtls::peers::withdraw(&mtls.peers_dir, mtls.identity.node()) {
+        if let Err(e) = adv.withdraw(mtls.identity.node()).await {
             warn!(error = %e, "cannot withdraw the tunnel advertisement");
         }
     }

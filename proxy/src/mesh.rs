@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use netward_controller::render::DecisionReport;
 use netward_controller::{MtlsMode, Protocol, Snapshot, Transport};
 use tokio::net::TcpStream;
@@ -49,8 +50,8 @@ pub struct MtlsOptions {
     pub identity: TlsIdentity,
     /// Where this node's tunnel listener binds (the node IP, port 15008 by default).
     pub listen: SocketAddr,
-    /// The directory of tunnel advertisements (`<node>.tunnel` files).
-    pub peers_dir: PathBuf,
+    /// Where this node advertises its tunnel and learns the others'.
+    pub peers: PeerSource,
     /// Pooling, timeouts and marks of the tunnel.
     pub tunnel: TunnelConfig,
 }
@@ -60,8 +61,67 @@ impl std::fmt::Debug for MtlsOptions {
         f.debug_struct("MtlsOptions")
             .field("node", &self.identity.node())
             .field("listen", &self.listen)
-            .field("peers_dir", &self.peers_dir)
+            .field("peers", &self.peers)
             .finish_non_exhaustive()
+    }
+}
+
+/// Publishes and withdraws this node's tunnel listener.
+pub trait Advertiser: Send + Sync + 'static {
+    /// Advertises `node`'s tunnel at `addr` (once the listener is up).
+    fn advertise(&self, node: &str, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<()>>;
+    /// Withdraws it (when the node drains).
+    fn withdraw(&self, node: &str) -> BoxFuture<'static, std::io::Result<()>>;
+}
+
+/// Where the tunnel advertisements live.
+#[derive(Clone)]
+pub enum PeerSource {
+    /// Files in a directory every node reads (`netward run`, the lab).
+    Dir(PathBuf),
+    /// A feed and an advertiser provided by the caller (the node agent: Leases).
+    Provided {
+        /// The advertised tunnels.
+        peers: watch::Receiver<Arc<Peers>>,
+        /// Publishes this node's.
+        advertiser: Arc<dyn Advertiser>,
+    },
+}
+
+impl std::fmt::Debug for PeerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerSource::Dir(d) => f.debug_tuple("Dir").field(d).finish(),
+            PeerSource::Provided { .. } => f.write_str("Provided"),
+        }
+    }
+}
+
+/// The file-based advertiser of [`PeerSource::Dir`].
+struct DirAdvertiser(PathBuf);
+
+impl Advertiser for DirAdvertiser {
+    fn advertise(&self, node: &str, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<()>> {
+        let r = crate::mtls::peers::advertise(&self.0, node, addr);
+        Box::pin(std::future::ready(r))
+    }
+
+    fn withdraw(&self, node: &str) -> BoxFuture<'static, std::io::Result<()>> {
+        let r = crate::mtls::peers::withdraw(&self.0, node);
+        Box::pin(std::future::ready(r))
+    }
+}
+
+impl PeerSource {
+    /// The feed of advertisements and the advertiser for this node.
+    pub(crate) fn open(&self) -> (watch::Receiver<Arc<Peers>>, Arc<dyn Advertiser>) {
+        match self {
+            PeerSource::Dir(dir) => (
+                crate::mtls::peers::watch_dir(dir.clone(), Duration::from_millis(200)),
+                Arc::new(DirAdvertiser(dir.clone())),
+            ),
+            PeerSource::Provided { peers, advertiser } => (peers.clone(), advertiser.clone()),
+        }
     }
 }
 
@@ -498,6 +558,7 @@ impl Handler for TunnelHandler {
 pub(crate) async fn start_server(
     mtls: &MtlsOptions,
     handler: Arc<TunnelHandler>,
+    advertiser: &dyn Advertiser,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(mtls.listen).await?;
@@ -510,7 +571,9 @@ pub(crate) async fn start_server(
         })
         .await;
     });
-    crate::mtls::peers::advertise(&mtls.peers_dir, mtls.identity.node(), mtls.listen)?;
+    advertiser
+        .advertise(mtls.identity.node(), mtls.listen)
+        .await?;
     info!(
         listen.addr = %mtls.listen,
         node = mtls.identity.node(),

@@ -117,7 +117,7 @@ fn mtls_options(
     Ok(Some(netward_proxy::mesh::MtlsOptions {
         identity,
         listen,
-        peers_dir: peers.clone(),
+        peers: netward_proxy::mesh::PeerSource::Dir(peers.clone()),
         tunnel,
     }))
 }
