@@ -430,14 +430,16 @@ async fn serve(
     let mesh = match &opts.mtls {
         None => None,
         Some(mtls) => {
-            match crate::mtls::ktls::probe() {
+            let ktls = match crate::mtls::ktls::probe() {
                 crate::mtls::ktls::KtlsSupport::Available => {
-                    info!("kernel TLS is available; the tunnel uses userspace rustls")
+                    info!("kernel TLS is available; the tunnel uses userspace rustls");
+                    true
                 }
                 crate::mtls::ktls::KtlsSupport::Unavailable { reason } => {
-                    info!(reason = %reason, "kernel TLS unavailable; the tunnel uses userspace rustls")
+                    info!(reason = %reason, "kernel TLS unavailable; the tunnel uses userspace rustls");
+                    false
                 }
-            }
+            };
             let _reloader = mtls.identity.spawn_reloader(Duration::from_secs(5));
             let (peers, adv) = mtls.peers.open();
             advertiser = Some(adv.clone());
@@ -454,11 +456,17 @@ async fn serve(
                         source,
                     })?,
             );
-            Some(Arc::new(crate::mesh::Mesh::new(
+            let mesh = Arc::new(crate::mesh::Mesh::new(
                 mtls,
                 peers,
                 tokio::runtime::Handle::current(),
-            )))
+            ));
+            opts.metrics.watch_mtls(crate::metrics::MtlsMetrics {
+                ktls,
+                identity: mtls.identity.clone(),
+                client: mesh.client().clone(),
+            });
+            Some(mesh)
         }
     };
 

@@ -265,6 +265,11 @@ impl Mesh {
         self.ready.lock().ok()?.remove(key).map(|(s, d, _)| (s, d))
     }
 
+    /// The source side's connection pool.
+    pub(crate) fn client(&self) -> &TunnelClient {
+        &self.client
+    }
+
     /// The relay's idle timeout.
     pub(crate) fn idle_timeout(&self) -> Duration {
         self.idle_timeout

@@ -71,6 +71,8 @@ pub struct Metrics {
     runtime: Mutex<Option<tokio_metrics::RuntimeMonitor>>,
     /// The Kubernetes API source (`netward node`), when there is one.
     kube: OnceLock<Arc<SyncStatus>>,
+    /// The mTLS tunnel, when this node takes part.
+    mtls: OnceLock<MtlsMetrics>,
     /// Loops that report they are alive (`/healthz`), with their last report.
     heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
     busy_micros: AtomicU64,
@@ -94,6 +96,7 @@ impl Default for Metrics {
             draining: AtomicBool::new(false),
             runtime: Mutex::new(None),
             kube: OnceLock::new(),
+            mtls: OnceLock::new(),
             heartbeats: Mutex::new(BTreeMap::new()),
             busy_micros: AtomicU64::new(0),
         }
@@ -204,6 +207,104 @@ impl Metrics {
     }
 }
 
+/// What `/metrics` reads of the mTLS tunnel.
+#[derive(Clone)]
+pub struct MtlsMetrics {
+    /// Whether the kernel offers TLS offload (reported only: the tunnel uses rustls).
+    pub ktls: bool,
+    /// This node's identity (its certificate's expiry).
+    pub identity: crate::mtls::identity::TlsIdentity,
+    /// The source side's connection pool.
+    pub client: crate::mtls::tunnel::TunnelClient,
+}
+
+impl std::fmt::Debug for MtlsMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsMetrics")
+            .field("ktls", &self.ktls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Reports the mTLS tunnel from now on (once).
+    pub fn watch_mtls(&self, m: MtlsMetrics) {
+        let _ = self.mtls.set(m);
+    }
+}
+
+fn encode_mtls(enc: &mut DescriptorEncoder, m: &MtlsMetrics) -> Result<(), std::fmt::Error> {
+    use crate::mesh::TUNNEL_STATS as T;
+    let g = |x: usize| i64::try_from(x).unwrap_or(i64::MAX);
+    gauge(
+        enc,
+        "tunnel_enabled",
+        "1 when this node takes part in the mTLS tunnel",
+        1,
+    )?;
+    gauge(
+        enc,
+        "ktls_available",
+        "1 when the kernel offers TLS offload (CONFIG_TLS); the tunnel uses userspace rustls either way",
+        i64::from(m.ktls),
+    )?;
+    let left = m
+        .identity
+        .not_after()
+        .duration_since(SystemTime::now())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    gauge(
+        enc,
+        "tunnel_certificate_expiry_seconds",
+        "Seconds until this node's tunnel certificate expires (0: expired)",
+        left,
+    )?;
+    let pool = m.client.pool_stats();
+    gauge(
+        enc,
+        "tunnel_connections",
+        "Pooled TLS connections to other nodes' tunnels",
+        g(pool.connections),
+    )?;
+    gauge(
+        enc,
+        "tunnel_streams",
+        "Live streams on those connections",
+        g(pool.live_streams),
+    )?;
+    counter(
+        enc,
+        "tunnel_handshakes",
+        "TLS handshakes made toward other nodes",
+        pool.handshakes,
+    )?;
+    for (name, help, c) in [
+        (
+            "tunnel_streams_opened",
+            "Streams this node opened and the destination node accepted (200)",
+            &T.opened,
+        ),
+        (
+            "tunnel_open_failures",
+            "Streams this node could not open: refused by the far end (400/403/503) or failed (TLS, connect, timeout); the SYN was dropped or rejected",
+            &T.open_failed,
+        ),
+        (
+            "tunnel_streams_accepted",
+            "Streams this node accepted as the destination",
+            &T.accepted,
+        ),
+        (
+            "tunnel_refused",
+            "Connections or streams this node refused as the destination (TLS, identity, bad request, policy, unavailable)",
+            &T.refused,
+        ),
+    ] {
+        counter(enc, name, help, c.load(Ordering::Relaxed))?;
+    }
+    Ok(())
+}
+
 /// The counters kept as plain atomics elsewhere (audit, verdict queue, relay), read at scrape.
 #[derive(Debug)]
 struct Atomics(Arc<Metrics>);
@@ -249,6 +350,9 @@ impl Collector for Atomics {
         )?;
         if let Some(status) = m.kube.get() {
             encode_kube(&mut enc, status)?;
+        }
+        if let Some(mtls) = m.mtls.get() {
+            encode_mtls(&mut enc, mtls)?;
         }
         gauge(
             &mut enc,

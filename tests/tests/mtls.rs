@@ -168,6 +168,33 @@ fn cross_node_traffic_goes_through_the_tunnel_and_policy_still_holds() {
             .any(|l| l.contains("\"mtls\":true") && l.contains("\"peer_node\":\"node-a\"")),
         "node B's close records: {close:#?}"
     );
+    // The tunnel's metrics on both ends.
+    let metric = |node: usize, name: &str| -> f64 {
+        let text = m.lab.topo.nodes[node]
+            .ns
+            .run(|| {
+                let mut s = TcpStream::connect("127.0.0.1:15021").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out
+            })
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert!(metric(0, "netward_tunnel_streams_opened_total") >= 2.0);
+    assert!(metric(0, "netward_tunnel_connections") >= 1.0);
+    assert!(metric(1, "netward_tunnel_streams_accepted_total") >= 2.0);
+    // Port 81 was denied by node A itself (it applies B's ingress before any stream).
+    assert_eq!(metric(0, "netward_tunnel_open_failures_total"), 0.0);
+    assert_eq!(metric(1, "netward_tunnel_refused_total"), 0.0);
+    assert!(metric(1, "netward_tunnel_certificate_expiry_seconds") > 3600.0);
+    assert_eq!(metric(1, "netward_tunnel_enabled"), 1.0);
+    let _ = metric(1, "netward_ktls_available");
     let close_a = audit_lines(&a, "\"event\":\"close\"");
     assert!(
         close_a
