@@ -10,7 +10,9 @@ use std::path::Path;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use netward_controller::kube::WATCHED;
-use netward_controller::kube::signer_api::{Access, NODE_CERT_API, SIGNER_API, Scope};
+use netward_controller::kube::signer_api::{
+    Access, NODE_CERT_API, NODE_TUNNEL_API, SIGNER_API, Scope,
+};
 use serde::Deserialize;
 
 const NAMESPACE: &str = "netward-system";
@@ -156,24 +158,40 @@ fn node_agent_rbac_grants_exactly_the_watched_resources_and_its_certificate_requ
         }
     }
     want.extend(expected(NODE_CERT_API));
+    want.extend(expected(NODE_TUNNEL_API));
     assert_eq!(
         granted, want,
-        "deploy/rbac.yaml and kube::WATCHED + signer_api::NODE_CERT_API differ"
+        "deploy/rbac.yaml and kube::WATCHED + signer_api::NODE_CERT_API + NODE_TUNNEL_API differ"
     );
-    // The watched resources stay read-only: the only write is creating CSRs.
+    // The watched resources stay read-only: the only writes are creating CSRs and the
+    // tunnel Leases in netward's namespace.
     let writes: Vec<&Grant> = granted
         .iter()
         .filter(|g| !["get", "list", "watch"].contains(&g.3.as_str()))
         .collect();
+    let lease = |verb: &str| {
+        (
+            Scope::Namespace,
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+            String::new(),
+        )
+    };
     assert_eq!(
         writes,
-        [&(
-            Scope::Cluster,
-            "certificates.k8s.io".to_owned(),
-            "certificatesigningrequests".to_owned(),
-            "create".to_owned(),
-            String::new()
-        )]
+        [
+            &(
+                Scope::Cluster,
+                "certificates.k8s.io".to_owned(),
+                "certificatesigningrequests".to_owned(),
+                "create".to_owned(),
+                String::new()
+            ),
+            &lease("create"),
+            &lease("delete"),
+            &lease("update"),
+        ]
     );
 }
 

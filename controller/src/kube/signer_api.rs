@@ -1,6 +1,6 @@
 //! The Kubernetes API access of the certificate path of issue #9: what `netward signer`
 //! uses ([`SIGNER_API`]) and what the node agent uses to request its certificate
-//! ([`NODE_CERT_API`]). `deploy/signer.yaml` and `deploy/rbac.yaml` grant exactly these;
+//! ([`NODE_CERT_API`]) and to advertise its tunnel ([`NODE_TUNNEL_API`]). `deploy/signer.yaml` and `deploy/rbac.yaml` grant exactly these;
 //! `controller/tests/kube_rbac.rs` compares them.
 
 /// The signerName of netward's node-tunnel certificates.
@@ -138,3 +138,14 @@ pub const NODE_CERT_API: &[Access] = &[
         &[TRUST_BUNDLE_CONFIGMAP],
     ),
 ];
+
+/// What the node agent calls with `--mtls` to advertise its tunnel and follow the other
+/// nodes': a Lease `netward-tunnel-<node>` each, in netward's namespace. Names are per
+/// node, so RBAC cannot narrow them; the Role is limited to netward's namespace.
+pub const NODE_TUNNEL_API: &[Access] = &[access(
+    Scope::Namespace,
+    "coordination.k8s.io",
+    "leases",
+    &["get", "list", "watch", "create", "update", "delete"],
+    &[],
+)];

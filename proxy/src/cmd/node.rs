@@ -75,6 +75,52 @@ pub(crate) struct NodeArgs {
     /// DaemonSet's probes and Prometheus use it (hostNetwork: the node's port).
     #[arg(long, env = "NETWARD_ADMIN_ADDR", default_value = "0.0.0.0:15021")]
     admin_addr: String,
+    /// Carry cross-node connections in the mTLS tunnel: request a node certificate
+    /// from `netward signer` (CSR API) and advertise the tunnel with a Lease.
+    #[arg(long, env = "NETWARD_MTLS", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
+    mtls: String,
+    /// The SPIFFE trust domain of the node identities.
+    #[arg(long, env = "NETWARD_TRUST_DOMAIN", default_value = netward_proxy::mtls::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Port of the tunnel listener, on the node IP.
+    #[arg(long, env = "NETWARD_TUNNEL_PORT", default_value = "15008")]
+    tunnel_port: String,
+    /// The node IP the tunnel listens on (the DaemonSet sets it from status.hostIP).
+    /// Without it: the Node object's InternalIP.
+    #[arg(long, env = "NODE_IP")]
+    node_ip: Option<String>,
+    /// Where the node certificate, its key and the trust bundle are written.
+    #[arg(
+        long,
+        env = "NETWARD_IDENTITY_DIR",
+        default_value = "/var/run/netward/identity"
+    )]
+    identity_dir: PathBuf,
+    /// The validity the node certificate is requested with (renewed at half of it).
+    #[arg(long, env = "NETWARD_CERT_VALIDITY", default_value = "24h")]
+    cert_validity: String,
+    /// How long the start waits for the first certificate; past it netward enforces
+    /// without the tunnel.
+    #[arg(long, env = "NETWARD_CERT_WAIT_SECS", default_value = "30")]
+    cert_wait_secs: String,
+    /// netward's namespace: the trust bundle ConfigMap and the tunnel Leases.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "netward-system")]
+    namespace: String,
+    /// Audit log: `none`, `-` for stdout, or a file (rotated at 100 MiB, 5 kept).
+    #[arg(long, env = "NETWARD_AUDIT_LOG", default_value = "none")]
+    audit_log: String,
+}
+
+/// The validated tunnel settings (`--mtls`).
+#[derive(Clone, Debug)]
+pub(crate) struct MtlsConfig {
+    trust_domain: String,
+    tunnel_port: u16,
+    node_ip: Option<std::net::IpAddr>,
+    identity_dir: PathBuf,
+    validity: Duration,
+    cert_wait: Duration,
+    namespace: String,
 }
 
 /// A configuration value that cannot be used.
@@ -104,6 +150,8 @@ pub(crate) struct NodeConfig {
     drain_grace: Duration,
     debounce: Duration,
     admin_addr: SocketAddr,
+    mtls: Option<MtlsConfig>,
+    audit: Option<netward_proxy::audit::Output>,
 }
 
 fn bad(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -219,6 +267,7 @@ impl NodeArgs {
             )
         })?;
         let admin_addr = parse_admin_addr(&self.admin_addr, rules.tcp_port)?;
+        let mtls = self.mtls_config(rules.tcp_port, admin_addr.port())?;
         Ok(NodeConfig {
             node,
             kubeconfig: self.kubeconfig.clone(),
@@ -248,8 +297,167 @@ impl NodeArgs {
                 10_000,
             )?),
             admin_addr,
+            mtls,
+            audit: match self.audit_log.trim() {
+                "none" => None,
+                "-" => Some(netward_proxy::audit::Output::Stdout),
+                "" => {
+                    return Err(bad(
+                        "--audit-log/NETWARD_AUDIT_LOG",
+                        "",
+                        "expected none, - or a file",
+                    ));
+                }
+                path => Some(netward_proxy::audit::Output::File {
+                    path: PathBuf::from(path),
+                    max_bytes: 100 * 1024 * 1024,
+                    keep: 5,
+                }),
+            },
         })
     }
+
+    fn mtls_config(&self, tproxy: u16, admin: u16) -> Result<Option<MtlsConfig>, ConfigError> {
+        use netward_proxy::mtls::identity;
+        if !parse_bool("--mtls/NETWARD_MTLS", &self.mtls)? {
+            return Ok(None);
+        }
+        identity::validate_trust_domain(&self.trust_domain).map_err(|e| {
+            bad(
+                "--trust-domain/NETWARD_TRUST_DOMAIN",
+                &self.trust_domain,
+                e.to_string(),
+            )
+        })?;
+        const PORT: &str = "--tunnel-port/NETWARD_TUNNEL_PORT";
+        let port = parse_num(PORT, &self.tunnel_port, 1, 65535)?;
+        let tunnel_port = u16::try_from(port).unwrap_or(15008);
+        if tunnel_port == tproxy || tunnel_port == admin {
+            return Err(bad(
+                PORT,
+                &self.tunnel_port,
+                "the transparent listener or the admin server uses it",
+            ));
+        }
+        let node_ip = match self.node_ip.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(
+                v.parse()
+                    .map_err(|e| bad("--node-ip/NODE_IP", v, format!("not an IP address ({e})")))?,
+            ),
+        };
+        const VALIDITY: &str = "--cert-validity/NETWARD_CERT_VALIDITY";
+        let validity = identity::parse_duration(&self.cert_validity)
+            .map_err(|e| bad(VALIDITY, &self.cert_validity, e.to_string()))?;
+        if validity < netward_proxy::mtls::signer::MIN_VALIDITY {
+            return Err(bad(
+                VALIDITY,
+                &self.cert_validity,
+                "at least 10m (the shortest certificate the CSR API issues)",
+            ));
+        }
+        if !self.identity_dir.is_absolute() {
+            return Err(bad(
+                "--identity-dir/NETWARD_IDENTITY_DIR",
+                &self.identity_dir.display().to_string(),
+                "must be an absolute path",
+            ));
+        }
+        if self.namespace.is_empty() || self.namespace.len() > 63 {
+            return Err(bad(
+                "--namespace/POD_NAMESPACE",
+                &self.namespace,
+                "not a namespace name",
+            ));
+        }
+        Ok(Some(MtlsConfig {
+            trust_domain: self.trust_domain.clone(),
+            tunnel_port,
+            node_ip,
+            identity_dir: self.identity_dir.clone(),
+            validity,
+            cert_wait: Duration::from_secs(parse_num(
+                "--cert-wait-secs/NETWARD_CERT_WAIT_SECS",
+                &self.cert_wait_secs,
+                1,
+                3600,
+            )?),
+            namespace: self.namespace.clone(),
+        }))
+    }
+}
+
+/// The node IP from the Node object: its first InternalIP.
+async fn node_internal_ip(client: &kube::Client, node: &str) -> Result<std::net::IpAddr, String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let obj = api
+        .get(node)
+        .await
+        .map_err(|e| format!("cannot read node {node} for its InternalIP (set NODE_IP): {e}"))?;
+    obj.status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .find_map(|a| a.address.parse().ok())
+        .ok_or_else(|| format!("node {node} has no InternalIP (set NODE_IP)"))
+}
+
+/// `--mtls`: the first certificate (bounded), then the tunnel options with the Lease
+/// advertisements. The certificate manager and the Lease watcher run on the current
+/// runtime from here on.
+async fn start_mtls(
+    client: kube::Client,
+    node: String,
+    m: MtlsConfig,
+    rules: RulesConfig,
+    idle_timeout: Duration,
+) -> Result<netward_proxy::mesh::MtlsOptions, String> {
+    use netward_proxy::mesh::{MtlsOptions, PeerSource};
+    use netward_proxy::mtls::identity::TlsIdentity;
+    use netward_proxy::mtls::kube_peers::{LeaseConfig, LeasePeers};
+    use netward_proxy::mtls::node_cert::{CertConfig, CertManager};
+    use netward_proxy::mtls::tunnel::TunnelConfig;
+    let ip = match m.node_ip {
+        Some(ip) => ip,
+        None => node_internal_ip(&client, &node).await?,
+    };
+    let cert_cfg = CertConfig {
+        trust_domain: m.trust_domain.clone(),
+        validity: m.validity,
+        request_timeout: m.cert_wait,
+        ..CertConfig::new(&node, &m.namespace, &m.identity_dir)
+    };
+    let manager = tokio::time::timeout(
+        m.cert_wait + Duration::from_secs(5),
+        CertManager::start(client.clone(), cert_cfg),
+    )
+    .await
+    .map_err(|_| format!("no node certificate within {:?}", m.cert_wait))?
+    .map_err(|e| e.to_string())?;
+    info!(node = %node, not_after = %netward_proxy::mtls::identity::rfc3339(manager.not_after()), "node certificate written");
+    let identity = TlsIdentity::load(&m.identity_dir, &m.trust_domain, &node)
+        .map_err(|e| format!("{}: {e}", m.identity_dir.display()))?;
+    let _renewals = manager.spawn();
+    let leases = Arc::new(LeasePeers::new(client, LeaseConfig::new(&m.namespace)));
+    let feed = leases.watch();
+    let tunnel = TunnelConfig {
+        idle_timeout,
+        mark: Some(rules.marks.bypass),
+        bind: Some(ip),
+        trust_domain: m.trust_domain.clone(),
+        ..TunnelConfig::default()
+    };
+    tunnel.validate().map_err(|e| e.to_string())?;
+    Ok(MtlsOptions {
+        identity,
+        listen: SocketAddr::new(ip, m.tunnel_port),
+        peers: PeerSource::Provided {
+            peers: feed,
+            advertiser: leases,
+        },
+        tunnel,
+    })
 }
 
 /// Counts SIGTERMs and SIGINTs on `count` (the first starts the drain, a second one
@@ -308,6 +516,22 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let (audit_sink, audit_writer) = match cfg.audit.clone() {
+        None => (netward_proxy::audit::Sink::disabled(), None),
+        Some(output) => {
+            let acfg = netward_proxy::audit::Config {
+                output,
+                ..netward_proxy::audit::Config::default()
+            };
+            match netward_proxy::audit::start(acfg, Some(&cfg.node)) {
+                Ok((sink, w)) => (sink, Some(w)),
+                Err(e) => {
+                    eprintln!("netward: error: --audit-log/NETWARD_AUDIT_LOG: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            }
+        }
+    };
     let status = Arc::new(SyncStatus::new());
     let metrics = Arc::new(Metrics::default());
     metrics.watch_kube(status.clone());
@@ -341,6 +565,7 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mtls_client = client.clone();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let source_opts = source::Options {
         debounce: cfg.debounce,
@@ -387,7 +612,24 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     }
     metrics.watch_runtime(runtime.handle());
     runtime.spawn(heartbeat(metrics.clone(), "datapath"));
-    let opts = Options {
+    // Requested while the watchers sync; enforcement never waits longer than that.
+    let mtls_task = cfg.mtls.clone().map(|m| {
+        // Bounded as a whole (the Node lookup included), whatever the API does.
+        let limit = m.cert_wait + Duration::from_secs(10);
+        let setup = start_mtls(
+            mtls_client,
+            cfg.node.clone(),
+            m,
+            cfg.rules.clone(),
+            cfg.idle_timeout,
+        );
+        runtime.spawn(async move {
+            tokio::time::timeout(limit, setup)
+                .await
+                .unwrap_or_else(|_| Err(format!("no tunnel setup within {limit:?}")))
+        })
+    });
+    let mut opts = Options {
         rules: cfg.rules.clone(),
         reject: cfg.reject,
         relay: RelayOptions {
@@ -399,6 +641,7 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
         // Removed here after the drain, not by the datapath: draining connections need them.
         cleanup_on_exit: false,
         metrics: metrics.clone(),
+        audit: audit_sink,
         ..Options::default()
     };
     info!(
@@ -425,6 +668,16 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
             }
         }
         drop(first);
+        if let Some(task) = mtls_task {
+            match task.await {
+                Ok(Ok(m)) => {
+                    info!(tunnel.listen = %m.listen, "mTLS tunnel enabled");
+                    opts.mtls = Some(m);
+                }
+                Ok(Err(e)) => error!(error = %e, "mTLS unavailable: enforcing without the tunnel"),
+                Err(e) => error!(error = %e, "mTLS setup failed: enforcing without the tunnel"),
+            }
+        }
         // Not ready from the signal on, before the listeners close.
         let stop = {
             let (metrics, signals) = (metrics.clone(), signals.clone());
@@ -451,6 +704,13 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     }
     // Ends the remaining relays: their sockets close.
     runtime.shutdown_timeout(Duration::from_secs(1));
+    // Every audit sink went with the runtime: the writer flushes and ends (bounded).
+    if let Some(w) = audit_writer {
+        let start = Instant::now();
+        while !w.is_finished() && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     if ran && cfg.cleanup_on_exit {
         match netward_iptables::apply::remove(&CommandRunner::new(), &cfg.rules) {
             Ok(_) => info!("interception rules removed (--cleanup-on-exit)"),
@@ -582,6 +842,42 @@ mod tests {
                 &["--node-name", "a", "--admin-addr", "0.0.0.0:15001"],
                 "--admin-addr/NETWARD_ADMIN_ADDR=\"0.0.0.0:15001\": port 15001 is the transparent listener's",
             ),
+            (
+                &["--node-name", "a", "--mtls=perhaps"],
+                "--mtls/NETWARD_MTLS=\"perhaps\": expected true or false",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--trust-domain", "Bad Domain"],
+                "--trust-domain/NETWARD_TRUST_DOMAIN=\"Bad Domain\": ",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--tunnel-port", "15001"],
+                "--tunnel-port/NETWARD_TUNNEL_PORT=\"15001\": the transparent listener or the admin server uses it",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--tunnel-port", "70000"],
+                "--tunnel-port/NETWARD_TUNNEL_PORT=\"70000\": must be between 1 and 65535",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--node-ip", "node-a"],
+                "--node-ip/NODE_IP=\"node-a\": not an IP address",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--cert-validity", "1m"],
+                "--cert-validity/NETWARD_CERT_VALIDITY=\"1m\": at least 10m",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--cert-validity", "soon"],
+                "--cert-validity/NETWARD_CERT_VALIDITY=\"soon\": ",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--identity-dir", "rel/dir"],
+                "--identity-dir/NETWARD_IDENTITY_DIR=\"rel/dir\": must be an absolute path",
+            ),
+            (
+                &["--node-name", "a", "--mtls", "--cert-wait-secs", "0"],
+                "--cert-wait-secs/NETWARD_CERT_WAIT_SECS=\"0\": must be between 1 and 3600",
+            ),
         ];
         for (argv, want) in cases {
             let err = parse(argv).expect_err(want);
@@ -608,5 +904,23 @@ mod tests {
         let cfg = parse(&["--node-name", "n"]).expect("valid");
         assert!(!cfg.cleanup_on_exit, "rules are kept on exit by default");
         assert!(!cfg.reject);
+        assert!(cfg.mtls.is_none(), "mTLS is off unless asked for");
+    }
+
+    #[test]
+    fn mtls_defaults() {
+        let cfg = parse(&["--node-name", "n", "--mtls"]).expect("valid");
+        let m = cfg.mtls.expect("--mtls");
+        assert_eq!(m.trust_domain, "cluster.local");
+        assert_eq!(m.tunnel_port, 15008);
+        assert_eq!(m.identity_dir, PathBuf::from("/var/run/netward/identity"));
+        assert_eq!(m.validity, Duration::from_secs(24 * 3600));
+        assert_eq!(m.namespace, "netward-system");
+        assert_eq!(m.node_ip, None);
+        let cfg = parse(&["--node-name", "n", "--mtls", "--node-ip", "10.0.0.7"]).expect("valid");
+        assert_eq!(
+            cfg.mtls.and_then(|m| m.node_ip),
+            Some(std::net::IpAddr::from([10, 0, 0, 7]))
+        );
     }
 }

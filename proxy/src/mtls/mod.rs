@@ -4,6 +4,8 @@
 
 pub mod identity;
 pub mod ktls;
+pub mod kube_peers;
+pub mod node_cert;
 pub mod peers;
 pub mod signer;
 pub mod tunnel;
