@@ -596,14 +596,17 @@ mod tests {
     fn apply_over_matching_state_only_rewrites_the_nft_table() {
         let r = v4_only();
         // What iptables-save prints after the fresh script ran.
-        let save = "*mangle\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:NETWARD-INPUT - [0:0]\n:NETWARD-FORWARD - [0:0]\n:NETWARD-QUEUE - [0:0]\n\
+        let save = "*mangle\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:NETWARD-INPUT - [0:0]\n:NETWARD-FORWARD - [0:0]\n:NETWARD-NEW - [0:0]\n:NETWARD-QUEUE - [0:0]\n\
             -A INPUT -m comment --comment netward -j NETWARD-INPUT\n\
             -A FORWARD -m comment --comment netward -j NETWARD-FORWARD\n\
             -A NETWARD-INPUT -m mark --mark 0x200000/0xf00000 -j RETURN\n\
             -A NETWARD-INPUT -p tcp -m mark --mark 0x100000/0xf00000 -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW -j NFQUEUE --queue-num 4242\n\
             -A NETWARD-FORWARD -m mark --mark 0x200000/0xf00000 -j RETURN\n\
-            -A NETWARD-FORWARD -p udp -m conntrack --ctstate NEW -j NETWARD-QUEUE\n\
-            -A NETWARD-FORWARD -p sctp -m conntrack --ctstate NEW -j NETWARD-QUEUE\n\
+            -A NETWARD-INPUT -m conntrack --ctstate NEW -j NETWARD-NEW\n\
+            -A NETWARD-FORWARD -m conntrack --ctstate NEW -j NETWARD-NEW\n\
+            -A NETWARD-NEW -p tcp -j RETURN\n\
+            -A NETWARD-NEW -p icmp -m icmp ! --icmp-type 8 -j RETURN\n\
+            -A NETWARD-NEW -j NETWARD-QUEUE\n\
             -A NETWARD-QUEUE -s 198.18.1.2/32 -j NFQUEUE --queue-num 4242\n\
             -A NETWARD-QUEUE -d 198.18.1.2/32 -j NFQUEUE --queue-num 4242\n\
             COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:NETWARD-REJECT - [0:0]\n\

@@ -46,6 +46,9 @@ pub fn render_nft(r: &Ruleset) -> String {
         s,
         "\t\tmeta l4proto tcp socket transparent 1 {set_divert} accept comment \"packets of proxy sockets\""
     );
+    // The node's own traffic is not a pod's, even from an address inside the pod CIDR
+    // (a bridge's gateway address): only pods are diverted.
+    s.push_str("\t\tfib saddr type local return comment \"the node's own traffic\"\n");
     let mut families = vec![("ip", SET_V4)];
     if c.ipv6 {
         families.push(("ip6", SET_V6));

@@ -1,7 +1,6 @@
 //! The desired interception state as plain data.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -54,8 +53,12 @@ impl Ruleset {
         }
     }
 
-    /// Replaces the local pod addresses.
-    pub fn set_local<I: IntoIterator<Item = IpAddr>>(&mut self, addrs: I) {
+    /// Replaces the local pod addresses and prefixes (pod IPs, the node's pod CIDRs).
+    pub fn set_local<I, N>(&mut self, addrs: I)
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<IpNet>,
+    {
         self.local_v4.clear();
         self.local_v6.clear();
         for a in addrs {
@@ -87,7 +90,7 @@ impl Ruleset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
     fn addresses_are_normalized_and_merged() {
@@ -107,7 +110,7 @@ mod tests {
                 .iter()
                 .any(|n| n.to_string() == "198.18.9.0/24")
         );
-        r.set_local([]);
+        r.set_local(Vec::<IpAddr>::new());
         assert!(r.local_v4().is_empty() && r.local_v6().is_empty());
     }
 }

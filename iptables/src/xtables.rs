@@ -19,7 +19,10 @@ use crate::ruleset::Ruleset;
 pub const CHAIN_INPUT: &str = "NETWARD-INPUT";
 /// mangle chain jumped to from FORWARD: sends new UDP and SCTP flows of local pods to the queue.
 pub const CHAIN_FORWARD: &str = "NETWARD-FORWARD";
-/// mangle chain with one rule per local pod prefix and direction, called from NETWARD-FORWARD.
+/// mangle chain jumped to from NETWARD-INPUT and NETWARD-FORWARD for new flows that are not
+/// TCP: UDP, SCTP, ICMP echo and other IP protocols go on to NETWARD-QUEUE.
+pub const CHAIN_NEW: &str = "NETWARD-NEW";
+/// mangle chain with one rule per local pod prefix and direction, called from NETWARD-NEW.
 pub const CHAIN_QUEUE: &str = "NETWARD-QUEUE";
 /// filter chain jumped to from INPUT and FORWARD: rejects packets the proxy marked REJECT.
 pub const CHAIN_REJECT: &str = "NETWARD-REJECT";
@@ -51,6 +54,10 @@ fn desired(r: &Ruleset, family: Family) -> BTreeMap<&'static str, TableSpec> {
 
     let mut mangle = TableSpec::default();
     if c.verdict_queue {
+        let icmp = match family {
+            Family::V4 => "-p icmp -m icmp ! --icmp-type 8",
+            Family::V6 => "-p ipv6-icmp -m icmp6 ! --icmpv6-type 128",
+        };
         mangle.chains.push((
             CHAIN_INPUT.into(),
             vec![
@@ -59,14 +66,22 @@ fn desired(r: &Ruleset, family: Family) -> BTreeMap<&'static str, TableSpec> {
                     "-p tcp -m mark --mark {} -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate NEW {queue}",
                     m.masked(m.divert)
                 ),
+                format!("-m conntrack --ctstate NEW -j {CHAIN_NEW}"),
             ],
         ));
         mangle.chains.push((
             CHAIN_FORWARD.into(),
+            vec![bypass, format!("-m conntrack --ctstate NEW -j {CHAIN_NEW}")],
+        ));
+        // Every new flow that is not TCP (diverted to the proxy and queued above): UDP,
+        // SCTP, ICMP echo requests and any other IP protocol, but not ICMP errors and
+        // neighbour discovery, which are not flows.
+        mangle.chains.push((
+            CHAIN_NEW.into(),
             vec![
-                bypass,
-                format!("-p udp -m conntrack --ctstate NEW -j {CHAIN_QUEUE}"),
-                format!("-p sctp -m conntrack --ctstate NEW -j {CHAIN_QUEUE}"),
+                "-p tcp -j RETURN".to_owned(),
+                format!("{icmp} -j RETURN"),
+                format!("-j {CHAIN_QUEUE}"),
             ],
         ));
         let mut per_pod = Vec::new();

@@ -532,7 +532,7 @@ fn tproxy_diverts_after_routing_and_the_queue_fails_closed() {
     );
 
     // Neither pod local: nothing is diverted, B answers itself again.
-    r.set_local([]);
+    r.set_local(Vec::<std::net::IpAddr>::new());
     update_local(&runner, &r).unwrap();
     assert_eq!(topo.connect_from_a(POD_B4), "refused");
 

@@ -111,18 +111,18 @@ fn route(
             metrics.encode(),
         ),
         "/healthz" => {
-            let stalled = metrics.stalled(STALL_LIMIT);
+            let stalled = metrics.stalled();
             if stalled.is_empty() {
                 reply(StatusCode::OK, "text/plain", "ok\n".into())
             } else {
+                let which: Vec<String> = stalled
+                    .iter()
+                    .map(|(name, limit)| format!("{name} (none for {}s)", limit.as_secs()))
+                    .collect();
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    format!(
-                        "unhealthy: no heartbeat for {}s from {}\n",
-                        STALL_LIMIT.as_secs(),
-                        stalled.join(", ")
-                    ),
+                    format!("unhealthy: no heartbeat from {}\n", which.join(", ")),
                 )
             }
         }

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use netward_controller::render::DecisionReport;
 use netward_controller::{Decision, Flow, Protocol, Snapshot, Transport};
 use netward_iptables::{CommandRunner, Config as RulesConfig, Ruleset};
@@ -30,10 +31,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::audit;
 use crate::metrics::{BytesLabels, ConnLabels, Metrics};
-use crate::net::{ClientAddr, OrigDst, connect_upstream, transparent_listener};
+use crate::net::{ClientAddr, LocalAddrs, OrigDst, connect_upstream, transparent_listener};
 use crate::packet::FlowKey;
+use crate::parked::Parked;
 use crate::relay::{End, RelayOptions, Side, relay_until};
-use crate::verdict::{Action, LaterSlot, VerdictConfig, run_queue_deferrable};
+use crate::verdict::{Action, LaterSlot, VerdictConfig, run_queue_with};
 
 /// Errors that stop the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +127,10 @@ pub struct NodeDecision {
     pub allowed: bool,
     /// The snapshot that decided (its ids name the policies in `decision`).
     pub snapshot: Arc<Snapshot>,
+    /// Why this node denied a flow the policy alone would allow, or what kept an
+    /// allowed flow from completing: `unknown-pod`, `upstream-refused`,
+    /// `upstream-timeout`, `upstream-unreachable` (the audit record's `detail`).
+    pub detail: Option<&'static str>,
 }
 
 impl NodeDecision {
@@ -140,7 +146,7 @@ impl NodeDecision {
         key: &FlowKey,
         service: Option<audit::ServiceRef>,
     ) -> audit::Record {
-        audit::record(
+        let mut r = audit::record(
             &self.snapshot,
             event,
             &self.report(),
@@ -149,7 +155,14 @@ impl NodeDecision {
             (&self.flow.src, key.src),
             (&self.flow.dst, key.dst),
             service,
-        )
+        );
+        if let Some(detail) = self.detail {
+            r.detail = Some(detail.to_owned());
+            if !self.allowed {
+                r.verdict = "deny".to_owned();
+            }
+        }
+        r
     }
 }
 
@@ -225,6 +238,12 @@ const RETRANSMIT_WINDOW: Duration = Duration::from_secs(130);
 const RECENT_MAX: usize = 1 << 17;
 
 impl RecentDenials {
+    fn new() -> RecentDenials {
+        RecentDenials {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn is_retransmission(&self, key: &FlowKey) -> bool {
         let Ok(mut map) = self.map.lock() else {
             return false;
@@ -260,11 +279,17 @@ impl Enforced {
     }
 }
 
+/// A snapshot and the node's pod CIDRs in it.
+type CidrCache = (Arc<Snapshot>, Arc<[IpNet]>);
+
 /// The policy as this node applies it: the current snapshot and the node's name.
 #[derive(Clone)]
 pub struct NodePolicy {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     node: Option<Arc<str>>,
+    /// This node's pod CIDRs, computed once per snapshot.
+    cidrs: Arc<Mutex<Option<CidrCache>>>,
+    local: Arc<LocalAddrs>,
 }
 
 impl NodePolicy {
@@ -273,6 +298,8 @@ impl NodePolicy {
         NodePolicy {
             snapshots,
             node: node.map(Arc::from),
+            cidrs: Arc::new(Mutex::new(None)),
+            local: Arc::new(LocalAddrs::default()),
         }
     }
 
@@ -291,9 +318,47 @@ impl NodePolicy {
         self.node.as_deref()
     }
 
-    /// The IPs of this node's pods, which the rules divert.
-    pub fn local_ips(&self) -> Vec<IpAddr> {
-        local_ips(&self.snapshot(), self.node.as_deref())
+    /// What the rules intercept: this node's pods' IPs and its pod CIDRs (`Node.spec.podCIDRs`).
+    pub fn local_nets(&self) -> Vec<IpNet> {
+        local_nets(&self.snapshot(), self.node.as_deref())
+    }
+
+    /// This node's own addresses.
+    pub fn local_addrs(&self) -> &LocalAddrs {
+        &self.local
+    }
+
+    /// This node's pod CIDRs in `snap` (cached per snapshot).
+    fn pod_cidrs(&self, snap: &Arc<Snapshot>) -> Arc<[IpNet]> {
+        let Ok(mut cache) = self.cidrs.lock() else {
+            return Arc::from(snap.pod_cidrs(self.node.as_deref()));
+        };
+        match &*cache {
+            Some((s, cidrs)) if Arc::ptr_eq(s, snap) => cidrs.clone(),
+            _ => {
+                let cidrs: Arc<[IpNet]> = Arc::from(snap.pod_cidrs(self.node.as_deref()));
+                *cache = Some((snap.clone(), cidrs.clone()));
+                cidrs
+            }
+        }
+    }
+
+    /// Whether an end of `flow` is an address of this node's pod range that no pod in
+    /// `snap` has (and that is not the node's own, like a bridge's gateway address): a
+    /// pod netward has not learned yet. Its traffic is held, then denied (`unknown-pod`).
+    pub fn has_unknown_end(&self, snap: &Arc<Snapshot>, flow: &Flow) -> bool {
+        let cidrs = self.pod_cidrs(snap);
+        if cidrs.is_empty() {
+            return false;
+        }
+        [&flow.src, &flow.dst].into_iter().any(|ep| {
+            ep.pod.is_none()
+                && ep.ip.is_some_and(|ip| {
+                    cidrs.iter().any(|c| c.contains(&ip))
+                        && snap.node_for_ip(ip).is_none()
+                        && !self.local.contains(ip)
+                })
+        })
     }
 }
 
@@ -343,6 +408,7 @@ pub fn decide(
         enforced,
         allowed,
         snapshot: snap.clone(),
+        detail: None,
     }
 }
 
@@ -360,29 +426,102 @@ pub fn local_ips(snap: &Snapshot, node: Option<&str>) -> Vec<IpAddr> {
     ips
 }
 
-/// Verdicts handed from the queue thread to the accept path, by (client, original destination).
-#[derive(Default)]
-struct Pending {
-    map: Mutex<HashMap<(SocketAddr, SocketAddr), (NodeDecision, Instant)>>,
+/// What the rules intercept for a node: its live pods' IPs, and its pod CIDRs, so that a
+/// pod is intercepted from its first packet, before netward has learned it.
+pub fn local_nets(snap: &Snapshot, node: Option<&str>) -> Vec<IpNet> {
+    let mut nets: Vec<IpNet> = local_ips(snap, node).into_iter().map(IpNet::from).collect();
+    nets.extend(snap.pod_cidrs(node));
+    nets
 }
 
-/// How long a verdict waits for its connection to be accepted.
-const PENDING_TTL: Duration = Duration::from_secs(30);
-/// Above this many waiting verdicts, expired ones are swept on insert.
-const PENDING_SWEEP: usize = 4096;
+/// (client, original destination): how the verdict and the accept path name a connection.
+type ConnKey = (SocketAddr, SocketAddr);
 
-impl Pending {
-    fn insert(&self, key: (SocketAddr, SocketAddr), d: NodeDecision) {
-        let Ok(mut map) = self.map.lock() else { return };
-        if map.len() >= PENDING_SWEEP {
-            map.retain(|_, (_, at)| at.elapsed() < PENDING_TTL);
+/// An allowed connection whose upstream answered while its client's SYN was held: the
+/// verdict parks both here, accepts the SYN, and the accept path takes them.
+type Ready = (NodeDecision, TcpStream);
+
+/// How long a ready upstream waits for its client's handshake to complete (the
+/// listener retransmits its SYN-ACK meanwhile); then it is closed.
+const READY_TTL: Duration = Duration::from_secs(10);
+/// Ready upstreams at most; past it the oldest is closed (its client, if it ever
+/// completes the handshake, is decided and connected again at accept).
+const READY_MAX: usize = 8192;
+/// Flows held at once (unknown pods waiting for the snapshot, SYNs waiting for their
+/// upstream's answer); past it new ones are dropped and counted.
+const HELD_MAX: usize = 8192;
+
+/// Datapath counters beyond the verdict queue's (see `/metrics`).
+#[derive(Debug, Default)]
+pub struct HoldStats {
+    /// Flows held now.
+    pub held: std::sync::atomic::AtomicU64,
+    /// Flows dropped because `HELD_MAX` were already held.
+    pub held_overflow: std::sync::atomic::AtomicU64,
+    /// Flows denied because an end was an unknown address in the node's pod range.
+    pub unknown_pod: std::sync::atomic::AtomicU64,
+    /// Allowed connections whose upstream refused (the client was refused too).
+    pub upstream_refused: std::sync::atomic::AtomicU64,
+    /// Allowed connections whose upstream never answered, or was unreachable (the
+    /// client's SYN was dropped, or rejected with `--reject`).
+    pub upstream_failed: std::sync::atomic::AtomicU64,
+    /// Direct connections to the transparent listener, refused.
+    pub tproxy_port_refused: std::sync::atomic::AtomicU64,
+    /// Ready upstreams closed because they waited too long or the map was full.
+    pub ready_dropped: std::sync::atomic::AtomicU64,
+    /// UDP/SCTP/ICMP flows whose conntrack entry was deleted because a new snapshot
+    /// no longer allows them.
+    pub flows_revoked: std::sync::atomic::AtomicU64,
+}
+
+/// The process's hold counters.
+pub static HOLD_STATS: HoldStats = HoldStats {
+    held: std::sync::atomic::AtomicU64::new(0),
+    held_overflow: std::sync::atomic::AtomicU64::new(0),
+    unknown_pod: std::sync::atomic::AtomicU64::new(0),
+    upstream_refused: std::sync::atomic::AtomicU64::new(0),
+    upstream_failed: std::sync::atomic::AtomicU64::new(0),
+    tproxy_port_refused: std::sync::atomic::AtomicU64::new(0),
+    ready_dropped: std::sync::atomic::AtomicU64::new(0),
+    flows_revoked: std::sync::atomic::AtomicU64::new(0),
+};
+
+/// The flows held now (by protocol and 5-tuple), bounded by `HELD_MAX`.
+#[derive(Default)]
+struct HeldSet(Mutex<std::collections::HashSet<(Protocol, SocketAddr, SocketAddr)>>);
+
+impl HeldSet {
+    /// Holds `key`; false when it is held already (a retransmission) or the set is full.
+    fn hold(&self, key: &FlowKey) -> Result<(), Refusal> {
+        let Ok(mut set) = self.0.lock() else {
+            return Err(Refusal::Full);
+        };
+        if set.contains(&(key.protocol, key.src, key.dst)) {
+            return Err(Refusal::Retransmission);
         }
-        map.insert(key, (d, Instant::now()));
+        if set.len() >= HELD_MAX {
+            HOLD_STATS.held_overflow.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Full);
+        }
+        set.insert((key.protocol, key.src, key.dst));
+        HOLD_STATS.held.store(set.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 
-    fn take(&self, key: &(SocketAddr, SocketAddr)) -> Option<NodeDecision> {
-        self.map.lock().ok()?.remove(key).map(|(d, _)| d)
+    fn release(&self, key: &FlowKey) {
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(&(key.protocol, key.src, key.dst));
+            HOLD_STATS.held.store(set.len() as u64, Ordering::Relaxed);
+        }
     }
+}
+
+/// Why a flow could not be held.
+enum Refusal {
+    /// The same flow is held already: this packet is a retransmission of it.
+    Retransmission,
+    /// `HELD_MAX` flows are held.
+    Full,
 }
 
 /// Runs the datapath until `shutdown` completes. Installs the rules first, and removes
@@ -395,7 +534,7 @@ pub async fn run(
     let policy = NodePolicy::new(snapshots.clone(), opts.node.as_deref());
     let runner = CommandRunner::new();
     let mut ruleset = Ruleset::new(opts.rules.clone());
-    ruleset.set_local(policy.local_ips());
+    ruleset.set_local(policy.local_nets());
     netward_iptables::apply::apply(&runner, &ruleset)?;
     info!(
         local.pods = ruleset.local_v4().len() + ruleset.local_v6().len(),
@@ -420,7 +559,7 @@ async fn serve(
     mut ruleset: Ruleset,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let pending = Arc::new(Pending::default());
+    let ready = Arc::new(Parked::new(READY_TTL, READY_MAX));
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_tunnel, stop_tunnel_rx) = watch::channel(false);
 
@@ -471,27 +610,26 @@ async fn serve(
     };
 
     // The verdict thread: blocking netlink I/O, off the async workers.
-    let verdicts = {
-        let (policy, pending, stop) = (policy.clone(), pending.clone(), stop.clone());
-        let (mesh, opts2) = (mesh.clone(), opts.clone());
+    let verdict_thread = {
+        let verdicts = Arc::new(Verdicts {
+            policy: policy.clone(),
+            ready: ready.clone(),
+            mesh: mesh.clone(),
+            opts: opts.clone(),
+            recent: RecentDenials::new(),
+            held: HeldSet::default(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let stop = stop.clone();
         let cfg = VerdictConfig {
             queue_num: opts.rules.queue_num,
             reject_mark: opts.rules.marks.reject,
             mark_mask: opts.rules.marks.mask,
             queue_maxlen: 8192,
         };
-        let (reject, audit, metrics) = (opts.reject, opts.audit.clone(), opts.metrics.clone());
         std::thread::Builder::new()
             .name("netward-verdict".into())
-            .spawn(move || {
-                let vctx = VerdictCtx {
-                    policy: &policy,
-                    pending: &pending,
-                    mesh: mesh.as_ref(),
-                    opts: &opts2,
-                };
-                verdict_loop(&cfg, &vctx, &stop, reject, &audit, &metrics)
-            })
+            .spawn(move || verdict_loop(&cfg, &verdicts, &stop))
             .map_err(|source| Error::Listen {
                 addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.rules.tcp_port)),
                 source,
@@ -514,7 +652,7 @@ async fn serve(
             transparent_listener(addr).map_err(|source| Error::Listen { addr, source })?;
         let ctx = Ctx {
             policy: policy.clone(),
-            pending: pending.clone(),
+            ready: ready.clone(),
             opts: opts.clone(),
             mesh: mesh.clone(),
         };
@@ -539,9 +677,8 @@ async fn serve(
         while rx.changed().await.is_ok() {
             let snap = rx.borrow_and_update().clone();
             opts.metrics.published(&snap);
-            let ips = local_ips(&snap, opts.node.as_deref());
             let mut next = ruleset.clone();
-            next.set_local(ips);
+            next.set_local(local_nets(&snap, opts.node.as_deref()));
             if next.local_v4() != ruleset.local_v4() || next.local_v6() != ruleset.local_v6() {
                 match netward_iptables::apply::update_local(&runner, &next) {
                     Ok(_) => {
@@ -554,6 +691,20 @@ async fn serve(
                     Err(e) => {
                         warn!(error = %e, "could not update the local pod set; retrying on the next change")
                     }
+                }
+            }
+            // Allowed UDP, SCTP and ICMP flows are forwarded by the kernel on their
+            // conntrack entry: delete the entries the new snapshot no longer allows, so
+            // their next packet is queued and decided again (TCP connections watch the
+            // snapshot themselves).
+            if snap.is_ready() {
+                let (policy, zone) = (policy.clone(), opts.rules.upstream_ct_zone);
+                let revoked =
+                    tokio::task::spawn_blocking(move || revoke_flows(&policy, &snap, zone)).await;
+                if let Ok(n) = revoked
+                    && n > 0
+                {
+                    info!(flows = n, "revoked flows the new policy denies");
                 }
             }
         }
@@ -577,100 +728,361 @@ async fn serve(
     for l in listeners {
         l.abort();
     }
-    let _ = tokio::task::spawn_blocking(move || verdicts.join()).await;
+    let _ = tokio::task::spawn_blocking(move || verdict_thread.join()).await;
     Ok(())
 }
 
-/// What the verdict thread decides with.
-struct VerdictCtx<'a> {
-    policy: &'a NodePolicy,
-    pending: &'a Pending,
-    mesh: Option<&'a Arc<crate::mesh::Mesh>>,
-    opts: &'a Options,
+/// Deletes the conntrack entries of UDP, SCTP and ICMP flows that `snap` no longer allows
+/// on this node; returns how many. Entries of netward's own zone (the proxy's upstream
+/// TCP connections) are not looked at.
+fn revoke_flows(policy: &NodePolicy, snap: &Arc<Snapshot>, own_zone: u16) -> usize {
+    const PROTOCOLS: [u8; 4] = [17, 132, 1, 58];
+    let entries = match crate::conntrack::list(&PROTOCOLS) {
+        Ok(entries) => entries,
+        Err(e) => {
+            warn!(error = %e, "cannot list conntrack entries; allowed UDP/SCTP/ICMP flows keep their entries until they expire");
+            return 0;
+        }
+    };
+    let mut revoked = 0;
+    for e in entries.iter().filter(|e| e.zone != own_zone) {
+        // The decision was made after any DNAT: the destination is the reply's source.
+        let protocol = match e.protocol {
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            _ => continue,
+        };
+        let key = FlowKey {
+            protocol,
+            src: e.orig_src,
+            dst: e.reply_src,
+        };
+        let d = decide(snap, policy.node(), &key, Transport::Plaintext);
+        if d.enforced == Enforced::None {
+            continue;
+        }
+        if d.allowed && !policy.has_unknown_end(snap, &d.flow) {
+            continue;
+        }
+        match crate::conntrack::delete(e) {
+            Ok(true) => revoked += 1,
+            Ok(false) => {}
+            Err(err) => {
+                warn!(flow = %e, error = %err, "cannot delete a revoked flow's conntrack entry")
+            }
+        }
+    }
+    HOLD_STATS
+        .flows_revoked
+        .fetch_add(revoked as u64, Ordering::Relaxed);
+    revoked
 }
 
-fn verdict_loop(
-    cfg: &VerdictConfig,
-    vctx: &VerdictCtx<'_>,
-    stop: &AtomicBool,
-    reject: bool,
-    audit: &audit::Sink,
-    metrics: &Metrics,
-) {
-    let (policy, pending) = (vctx.policy, vctx.pending);
-    let recent = RecentDenials {
-        map: Mutex::new(HashMap::new()),
-    };
-    let decide = |key: &FlowKey, slot: &LaterSlot<'_>| -> Action {
+/// What the verdict thread decides with, shared with the tasks that finish held flows.
+struct Verdicts {
+    policy: NodePolicy,
+    ready: Arc<Parked<ConnKey, Ready>>,
+    mesh: Option<Arc<crate::mesh::Mesh>>,
+    opts: Options,
+    recent: RecentDenials,
+    held: HeldSet,
+    runtime: tokio::runtime::Handle,
+}
+
+/// How long a flow with an unknown pod at one end waits for the snapshot to learn it.
+pub const UNKNOWN_POD_HOLD: Duration = Duration::from_secs(2);
+
+impl Verdicts {
+    fn refuse(&self) -> Action {
+        if self.opts.reject {
+            Action::Reject
+        } else {
+            Action::Drop
+        }
+    }
+
+    /// The verdict on a queued first packet.
+    fn on_packet(self: &Arc<Self>, key: &FlowKey, slot: &LaterSlot<'_>) -> Action {
         let started = Instant::now();
-        let snap = policy.snapshot();
-        let route = vctx.mesh.and_then(|m| m.route(&snap, policy.node(), key));
+        // The transparent listener is not a service: a connection addressed to it (not
+        // diverted to it) is refused, never relayed (it would connect to itself).
+        if key.protocol == Protocol::Tcp
+            && key.dst.port() == self.opts.rules.tcp_port
+            && self.policy.local_addrs().contains(key.dst.ip())
+        {
+            HOLD_STATS
+                .tproxy_port_refused
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(src.addr = %key.src, dst.addr = %key.dst, "refused: the transparent listener is not a service");
+            return Action::Reject;
+        }
+        let snap = self.policy.snapshot();
+        let route = self
+            .mesh
+            .as_ref()
+            .and_then(|m| m.route(&snap, self.policy.node(), key));
         let d = decide(
             &snap,
-            policy.node(),
+            self.policy.node(),
             key,
             crate::mesh::transport_of(route.as_ref()),
         );
-        metrics
+        self.opts
+            .metrics
             .verdict_seconds
             .observe(started.elapsed().as_secs_f64());
-        if !d.allowed && recent.is_retransmission(key) {
+        if self.policy.has_unknown_end(&snap, &d.flow) {
+            if self.recent.is_retransmission(key) {
+                // Held once and denied already; the client is retrying.
+                RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+                return self.refuse();
+            }
+            return match self.held.hold(key) {
+                Ok(()) => {
+                    let (me, key, later) = (self.clone(), *key, slot.take());
+                    self.runtime
+                        .spawn(async move { me.hold_unknown(key, later).await });
+                    Action::Defer
+                }
+                Err(_) => Action::Drop,
+            };
+        }
+        self.act(key, d, route, &mut || Some(slot.take()))
+    }
+
+    /// Acts on a decision: deny, accept, or (TCP) hold the SYN while the upstream is
+    /// connected. `take` hands out the packet's later answer when the flow is held.
+    fn act(
+        self: &Arc<Self>,
+        key: &FlowKey,
+        d: NodeDecision,
+        route: Option<(String, SocketAddr)>,
+        take: &mut dyn FnMut() -> Option<crate::verdict::Later>,
+    ) -> Action {
+        let (audit, metrics) = (&self.opts.audit, &self.opts.metrics);
+        if !d.allowed && self.recent.is_retransmission(key) {
             RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
-            return if reject { Action::Reject } else { Action::Drop };
+            return self.refuse();
         }
         metrics
             .connections
             .get_or_create(&d.metric_labels(key.protocol))
             .inc();
-        if d.allowed {
-            if let (Some(route), Some(mesh)) = (route, vctx.mesh) {
-                // Held until the destination node has answered (see `mesh`).
-                if mesh.in_flight(key) {
-                    // A retransmitted SYN: the first one is held and will be answered.
-                    return Action::Drop;
-                }
-                mesh.start_open(*key, d, route, slot.take(), vctx.opts);
-                return Action::Defer;
-            }
-            if key.protocol == Protocol::Tcp {
-                pending.insert((key.src, key.dst), d);
-            } else {
-                // UDP and SCTP: the kernel forwards the flow; this is its one record.
-                if audit.enabled() {
-                    audit.send(audit::Event::Record(Box::new(d.audit("flow", key, None))));
-                }
-                debug!(protocol = %key.protocol, src.addr = %key.src, dst.addr = %key.dst, "flow allowed");
-            }
-            Action::Accept
-        } else {
-            // One event per queued first packet (SYN retransmits included); the audit
-            // writer deduplicates and aggregates them. Logged at debug only: a flood
-            // must not turn into synchronous log writes on this thread.
-            if audit.enabled() {
-                let (key, d) = (*key, d.clone());
-                audit.send(audit::Event::Deny(audit::Deny {
-                    key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
-                    at: std::time::SystemTime::now(),
-                    make: Box::new(move || d.audit("deny", &key, None)),
-                }));
-            }
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                let report = d.report();
-                debug!(
-                    protocol = %key.protocol,
-                    src.addr = %key.src,
-                    dst.addr = %key.dst,
-                    enforced = d.enforced.as_str(),
-                    egress = %report.egress.describe(netward_controller::Direction::Egress),
-                    ingress = %report.ingress.describe(netward_controller::Direction::Ingress),
-                    "flow denied"
-                );
-            }
-            if reject { Action::Reject } else { Action::Drop }
+        if !d.allowed {
+            self.audit_deny(key, d);
+            return self.refuse();
         }
-    };
+        if let (Some(route), Some(mesh)) = (route, &self.mesh) {
+            // Held until the destination node has answered (see `mesh`).
+            if mesh.in_flight(key) {
+                // A retransmitted SYN: the first one is held and will be answered.
+                return Action::Drop;
+            }
+            let Some(later) = take() else {
+                return Action::Drop;
+            };
+            mesh.start_open(*key, d, route, later, &self.opts);
+            return Action::Defer;
+        }
+        if key.protocol == Protocol::Tcp {
+            // Held until the upstream answers, so that the client sees what the
+            // destination (or a firewall on the way) gives it, not an open port.
+            return match self.held.hold(key) {
+                Ok(()) => {
+                    let Some(later) = take() else {
+                        self.held.release(key);
+                        return Action::Drop;
+                    };
+                    let (me, key) = (self.clone(), *key);
+                    self.runtime
+                        .spawn(async move { me.connect_then_answer(key, d, later).await });
+                    Action::Defer
+                }
+                Err(Refusal::Retransmission) => Action::Drop,
+                Err(Refusal::Full) => {
+                    debug!(src.addr = %key.src, dst.addr = %key.dst, "too many held connections; dropping the SYN");
+                    Action::Drop
+                }
+            };
+        }
+        // UDP, SCTP, ICMP: the kernel forwards the flow; this is its one record.
+        if audit.enabled() {
+            audit.send(audit::Event::Record(Box::new(d.audit("flow", key, None))));
+        }
+        debug!(protocol = %key.protocol, src.addr = %key.src, dst.addr = %key.dst, "flow allowed");
+        Action::Accept
+    }
+
+    /// One deny event (the audit writer deduplicates and aggregates them). Logged at
+    /// debug only: a flood must not turn into synchronous log writes.
+    fn audit_deny(&self, key: &FlowKey, d: NodeDecision) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let report = d.report();
+            debug!(
+                protocol = %key.protocol,
+                src.addr = %key.src,
+                dst.addr = %key.dst,
+                enforced = d.enforced.as_str(),
+                detail = d.detail.unwrap_or(""),
+                egress = %report.egress.describe(netward_controller::Direction::Egress),
+                ingress = %report.ingress.describe(netward_controller::Direction::Ingress),
+                "flow denied"
+            );
+        }
+        let audit = &self.opts.audit;
+        if audit.enabled() {
+            let key = *key;
+            audit.send(audit::Event::Deny(audit::Deny {
+                key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
+                at: std::time::SystemTime::now(),
+                make: Box::new(move || d.audit("deny", &key, None)),
+            }));
+        }
+    }
+
+    /// Holds a flow with an unknown pod at one end until the snapshot learns it (then
+    /// decides it as usual), or denies it as `unknown-pod` after [`UNKNOWN_POD_HOLD`].
+    async fn hold_unknown(self: Arc<Self>, key: FlowKey, later: crate::verdict::Later) {
+        let deadline = tokio::time::Instant::now() + UNKNOWN_POD_HOLD;
+        let mut rx = self.policy.snapshots.clone();
+        let mut later = Some(later);
+        let last = loop {
+            let snap = rx.borrow_and_update().clone();
+            let route = self
+                .mesh
+                .as_ref()
+                .and_then(|m| m.route(&snap, self.policy.node(), &key));
+            let d = decide(
+                &snap,
+                self.policy.node(),
+                &key,
+                crate::mesh::transport_of(route.as_ref()),
+            );
+            if !self.policy.has_unknown_end(&snap, &d.flow) {
+                self.held.release(&key);
+                let action = self.act(&key, d, route, &mut || later.take());
+                if let Some(l) = later.take() {
+                    l.answer(action);
+                }
+                return;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => break d,
+            }
+        };
+        self.held.release(&key);
+        HOLD_STATS.unknown_pod.fetch_add(1, Ordering::Relaxed);
+        let mut d = last;
+        d.allowed = false;
+        d.detail = Some("unknown-pod");
+        self.opts
+            .metrics
+            .connections
+            .get_or_create(&d.metric_labels(key.protocol))
+            .inc();
+        self.audit_deny(&key, d);
+        if let Some(l) = later.take() {
+            l.answer(self.refuse());
+        }
+    }
+
+    /// Connects the upstream of an allowed TCP connection whose SYN is held, then
+    /// answers the SYN the way the upstream answered: established → accept (the relay
+    /// takes the ready upstream at accept); refused → refused; no answer → dropped (or
+    /// rejected with `--reject`), audited as `upstream-timeout`.
+    async fn connect_then_answer(
+        self: Arc<Self>,
+        key: FlowKey,
+        mut d: NodeDecision,
+        later: crate::verdict::Later,
+    ) {
+        let src = upstream_source(&self.policy, &d, key.src, key.dst);
+        let connected = connect_upstream(
+            OrigDst(key.dst),
+            src,
+            Some(self.opts.rules.marks.bypass),
+            self.opts.connect_timeout,
+        )
+        .await;
+        self.held.release(&key);
+        let failure = match connected {
+            Ok(upstream) => {
+                let dropped = self.ready.insert((key.src, key.dst), (d, upstream));
+                let n = dropped.expired + dropped.evicted;
+                if n > 0 {
+                    HOLD_STATS
+                        .ready_dropped
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                later.answer(Action::Accept);
+                return;
+            }
+            Err(e) => e,
+        };
+        let refused = matches!(&failure, crate::net::Error::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused);
+        debug!(src.addr = %key.src, dst.addr = %key.dst, error = %failure, "upstream connect failed");
+        if refused {
+            // What the client would have seen without netward: a refusal.
+            HOLD_STATS.upstream_refused.fetch_add(1, Ordering::Relaxed);
+            later.answer(Action::Reject);
+            if self.opts.audit.enabled() {
+                let mut r = d.audit("close", &key, None);
+                r.bytes = Some(audit::Bytes::default());
+                r.duration_ms = Some(0);
+                r.closed_by = Some("server".to_owned());
+                r.close = Some("refused".to_owned());
+                r.detail = Some("upstream-refused".to_owned());
+                self.opts.audit.send(audit::Event::Record(Box::new(r)));
+            }
+            return;
+        }
+        // Dropped on the way (the destination's own enforcement, a firewall) or
+        // unreachable: the client sees what a drop gives it.
+        HOLD_STATS.upstream_failed.fetch_add(1, Ordering::Relaxed);
+        let timeout = matches!(failure, crate::net::Error::ConnectTimeout { .. });
+        d.allowed = false;
+        d.detail = Some(if timeout {
+            "upstream-timeout"
+        } else {
+            "upstream-unreachable"
+        });
+        // Its retransmissions are this attempt again, not new connects.
+        let _ = self.recent.is_retransmission(&key);
+        later.answer(self.refuse());
+        self.audit_deny(&key, d);
+    }
+}
+
+/// The source address of an upstream connection: the client's (transparent), except
+/// toward this node itself (the node's own address, so that the local server's replies
+/// come back to the proxy's socket) and for a pod reaching itself through a Service
+/// (hairpin: a packet from its own address would be dropped by the pod's kernel as
+/// martian, so it comes from the node, as kube-proxy's hairpin masquerade does).
+fn upstream_source(
+    policy: &NodePolicy,
+    d: &NodeDecision,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Option<ClientAddr> {
+    if client.ip() == dst.ip() {
+        return None;
+    }
+    if d.flow.dst.pod.is_none() && policy.local_addrs().contains(dst.ip()) {
+        return None;
+    }
+    Some(ClientAddr(client))
+}
+
+fn verdict_loop(cfg: &VerdictConfig, verdicts: &Arc<Verdicts>, stop: &AtomicBool) {
+    let metrics = verdicts.opts.metrics.clone();
+    // Watched from the start: a queue that cannot be bound never beats, and /healthz fails.
+    metrics.beat_within("verdict", VERDICT_STALL_LIMIT);
+    let decide = |key: &FlowKey, slot: &LaterSlot<'_>| verdicts.on_packet(key, slot);
+    let beat = || metrics.beat_within("verdict", VERDICT_STALL_LIMIT);
     while !stop.load(Ordering::Relaxed) {
-        match run_queue_deferrable(cfg, &decide, stop) {
+        match run_queue_with(cfg, &decide, stop, &beat) {
             Ok(()) => break,
             Err(e) => {
                 // Fail closed meanwhile: without a reader the kernel drops queued packets.
@@ -681,10 +1093,15 @@ fn verdict_loop(
     }
 }
 
+/// `/healthz` fails when the verdict thread has not answered (or waited on) its queue
+/// for this long: it reads with a 100 ms timeout, so it beats several times a second
+/// while it works.
+pub const VERDICT_STALL_LIMIT: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 struct Ctx {
     policy: NodePolicy,
-    pending: Arc<Pending>,
+    ready: Arc<Parked<ConnKey, Ready>>,
     opts: Options,
     mesh: Option<Arc<crate::mesh::Mesh>>,
 }
@@ -743,39 +1160,72 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
         .await;
         return;
     }
-    // The verdict from the queue, or (if it expired) the same decision again. A flow
-    // that belongs in the tunnel but has no stream is refused: never plaintext instead.
-    let decision = ctx.pending.take(&(peer, orig)).unwrap_or_else(|| {
-        let snap = ctx.policy.snapshot();
-        let route = ctx
-            .mesh
-            .as_ref()
-            .and_then(|m| m.route(&snap, ctx.policy.node(), &key));
-        let mut d = decide(
-            &snap,
-            ctx.policy.node(),
-            &key,
-            crate::mesh::transport_of(route.as_ref()),
-        );
-        if route.is_some() {
-            d.allowed = false;
-        }
-        d
-    });
-    let audit = &ctx.opts.audit;
-    if !decision.allowed {
-        debug!("denied at accept (the snapshot changed since the SYN)");
-        if audit.enabled() {
-            let d = decision.clone();
-            audit.send(audit::Event::Deny(audit::Deny {
-                key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
-                at: std::time::SystemTime::now(),
-                make: Box::new(move || d.audit("deny", &key, None)),
-            }));
-        }
+    // Not diverted but addressed to the listener itself: never relayed (the verdict
+    // refuses these; this covers a node run without the verdict queue).
+    if orig.port() == ctx.opts.rules.tcp_port && ctx.policy.local_addrs().contains(orig.ip()) {
+        HOLD_STATS
+            .tproxy_port_refused
+            .fetch_add(1, Ordering::Relaxed);
+        debug!("refused: the transparent listener is not a service");
         reset(&client);
         return;
     }
+    let audit = &ctx.opts.audit;
+    // The verdict held the SYN until the upstream answered: both are parked here.
+    let (decision, upstream) = match ctx.ready.take(&(peer, orig)) {
+        Some(ready) => ready,
+        None => {
+            // Parked too long (evicted), or no verdict queue: decide and connect now. A
+            // flow that belongs in the tunnel but has no stream is refused: never
+            // plaintext instead.
+            let snap = ctx.policy.snapshot();
+            let route = ctx
+                .mesh
+                .as_ref()
+                .and_then(|m| m.route(&snap, ctx.policy.node(), &key));
+            let mut d = decide(
+                &snap,
+                ctx.policy.node(),
+                &key,
+                crate::mesh::transport_of(route.as_ref()),
+            );
+            if route.is_some() || ctx.policy.has_unknown_end(&snap, &d.flow) {
+                d.allowed = false;
+            }
+            if !d.allowed {
+                debug!("denied at accept (the snapshot changed since the SYN)");
+                if audit.enabled() {
+                    let d = d.clone();
+                    audit.send(audit::Event::Deny(audit::Deny {
+                        key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
+                        at: std::time::SystemTime::now(),
+                        make: Box::new(move || d.audit("deny", &key, None)),
+                    }));
+                }
+                reset(&client);
+                return;
+            }
+            let started = std::time::Instant::now();
+            let src = upstream_source(&ctx.policy, &d, peer, orig);
+            let mark = Some(ctx.opts.rules.marks.bypass);
+            match connect_upstream(OrigDst(orig), src, mark, ctx.opts.connect_timeout).await {
+                Ok(u) => (d, u),
+                Err(e) => {
+                    debug!(error = %e, "upstream connect failed");
+                    reset(&client);
+                    if audit.enabled() {
+                        let mut r = d.audit("close", &key, None);
+                        r.bytes = Some(audit::Bytes::default());
+                        r.duration_ms = Some(millis(started.elapsed()));
+                        r.closed_by = Some("server".to_owned());
+                        r.close = Some("error".to_owned());
+                        audit.send(audit::Event::Record(Box::new(r)));
+                    }
+                    return;
+                }
+            }
+        }
+    };
     let service = if audit.enabled() {
         service_of(&client, orig, &decision.snapshot)
     } else {
@@ -788,29 +1238,6 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: Ctx) {
             service.clone(),
         ))));
     }
-    let mark = Some(ctx.opts.rules.marks.bypass);
-    // Keep the client's address, except for a pod reaching itself through a Service
-    // (hairpin): a packet from its own address would be dropped by the pod's kernel as
-    // martian, so it comes from the node, as kube-proxy's hairpin masquerade does.
-    let src = (peer.ip() != orig.ip()).then_some(ClientAddr(peer));
-    let started = std::time::Instant::now();
-    let upstream = match connect_upstream(OrigDst(orig), src, mark, ctx.opts.connect_timeout).await
-    {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(error = %e, "upstream connect failed");
-            reset(&client);
-            if audit.enabled() {
-                let mut r = decision.audit("close", &key, service);
-                r.bytes = Some(audit::Bytes::default());
-                r.duration_ms = Some(millis(started.elapsed()));
-                r.closed_by = Some("server".to_owned());
-                r.close = Some("error".to_owned());
-                audit.send(audit::Event::Record(Box::new(r)));
-            }
-            return;
-        }
-    };
     // Re-check on every new snapshot; end the relay with resets when no longer allowed.
     let revoke = revoked(ctx.policy.clone(), key, Transport::Plaintext);
     let metrics = &ctx.opts.metrics;

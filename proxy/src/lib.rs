@@ -7,6 +7,7 @@ mod sys;
 
 pub mod admin;
 pub mod audit;
+pub mod conntrack;
 pub mod datapath;
 pub mod lab;
 pub mod mesh;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod mtls;
 pub mod net;
 pub mod packet;
+pub mod parked;
 pub mod relay;
 pub mod review;
 pub mod verdict;

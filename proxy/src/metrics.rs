@@ -74,7 +74,7 @@ pub struct Metrics {
     /// The mTLS tunnel, when this node takes part.
     mtls: OnceLock<MtlsMetrics>,
     /// Loops that report they are alive (`/healthz`), with their last report.
-    heartbeats: Mutex<BTreeMap<&'static str, Instant>>,
+    heartbeats: Mutex<BTreeMap<&'static str, (Instant, Duration)>>,
     busy_micros: AtomicU64,
 }
 
@@ -152,23 +152,30 @@ impl Metrics {
         }
     }
 
-    /// Notes that the loop `name` is alive (see [`Metrics::stalled`]).
+    /// Notes that the loop `name` is alive (see [`Metrics::stalled`]); it counts as
+    /// stalled after [`crate::admin::STALL_LIMIT`] without another beat.
     pub fn beat(&self, name: &'static str) {
+        self.beat_within(name, crate::admin::STALL_LIMIT);
+    }
+
+    /// Notes that the loop `name` is alive, and that it must beat again within `limit`.
+    pub fn beat_within(&self, name: &'static str, limit: Duration) {
         if let Ok(mut beats) = self.heartbeats.lock() {
-            beats.insert(name, Instant::now());
+            beats.insert(name, (Instant::now(), limit));
         }
     }
 
-    /// The loops that reported with [`Metrics::beat`] but not for `max` (`/healthz`
-    /// fails while any is stalled). Loops that never reported are not watched.
-    pub fn stalled(&self, max: Duration) -> Vec<&'static str> {
+    /// The loops that reported with [`Metrics::beat`] but not within their limit, with
+    /// that limit (`/healthz` fails while any is stalled). Loops that never reported are
+    /// not watched.
+    pub fn stalled(&self) -> Vec<(&'static str, Duration)> {
         self.heartbeats.lock().map_or_else(
             |_| Vec::new(),
             |beats| {
                 beats
                     .iter()
-                    .filter(|(_, at)| at.elapsed() > max)
-                    .map(|(name, _)| *name)
+                    .filter(|(_, (at, limit))| at.elapsed() > *limit)
+                    .map(|(name, (_, limit))| (*name, *limit))
                     .collect()
             },
         )

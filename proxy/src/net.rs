@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
@@ -213,5 +213,47 @@ pub async fn connect_upstream(
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(source)) => Err(Error::Connect { dst, source }),
         Err(_elapsed) => Err(Error::ConnectTimeout { dst, timeout }),
+    }
+}
+
+/// The node's own addresses (every interface of this network namespace), re-read from
+/// the kernel at most once per [`LocalAddrs::REFRESH`]. The datapath asks it rarely: for
+/// a destination that is not a pod (is it this node?), and for an address in the pod
+/// CIDR that no pod has (a bridge's gateway address is the node's, not a pod's).
+#[derive(Default)]
+pub struct LocalAddrs {
+    cache: std::sync::Mutex<Option<(std::time::Instant, std::collections::HashSet<IpAddr>)>>,
+}
+
+impl LocalAddrs {
+    /// How stale the cached list may be.
+    pub const REFRESH: Duration = Duration::from_secs(1);
+
+    /// Whether `ip` is one of this node's addresses (loopback included).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if ip.is_loopback() || ip.is_unspecified() {
+            return true;
+        }
+        let Ok(mut cache) = self.cache.lock() else {
+            return false;
+        };
+        let stale = cache
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= Self::REFRESH);
+        if stale {
+            let addrs = nix::ifaddrs::getifaddrs()
+                .map(|list| {
+                    list.filter_map(|ifa| ifa.address)
+                        .filter_map(|a| {
+                            a.as_sockaddr_in()
+                                .map(|v4| IpAddr::V4(v4.ip()))
+                                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            *cache = Some((std::time::Instant::now(), addrs));
+        }
+        cache.as_ref().is_some_and(|(_, set)| set.contains(&ip))
     }
 }

@@ -43,6 +43,9 @@ pub const DEFAULT_QUEUE_MAXLEN: u32 = 1024;
 /// How long a receive blocks before `stop` is checked again.
 const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// How often `run_queue_with` calls its heartbeat at most.
+const TICK_EVERY: Duration = Duration::from_millis(250);
+
 /// How long binding and configuring the queue may take.
 const CONFIG_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -423,6 +426,18 @@ pub fn run_queue_deferrable(
     decide: &(dyn Fn(&FlowKey, &LaterSlot<'_>) -> Action + Sync),
     stop: &AtomicBool,
 ) -> Result<()> {
+    run_queue_with(cfg, decide, stop, &|| {})
+}
+
+/// Like [`run_queue_deferrable`], calling `tick` at least every 100 ms while the queue is
+/// bound and read (after each batch of packets, and on each receive timeout): a
+/// heartbeat that stops when the reader is wedged or the queue cannot be bound.
+pub fn run_queue_with(
+    cfg: &VerdictConfig,
+    decide: &(dyn Fn(&FlowKey, &LaterSlot<'_>) -> Action + Sync),
+    stop: &AtomicBool,
+    tick: &(dyn Fn() + Sync),
+) -> Result<()> {
     cfg.validate()?;
     let mut queue = Queue::open(cfg)?;
     tracing::info!(
@@ -431,7 +446,13 @@ pub fn run_queue_deferrable(
         "verdict queue bound"
     );
     let mut buf = vec![0u8; RECV_BUFFER];
+    let mut last_tick = Instant::now();
+    tick();
     while !stop.load(Ordering::Relaxed) {
+        if last_tick.elapsed() >= TICK_EVERY {
+            tick();
+            last_tick = Instant::now();
+        }
         let len = match queue.recv(&mut buf)? {
             Some(len) => len,
             None => continue,

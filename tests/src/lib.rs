@@ -99,7 +99,8 @@ impl Lab {
             .iter()
             .map(|n| {
                 let ips: Vec<String> = n.ips.iter().map(|ip| format!("{{type: InternalIP, address: \"{ip}\"}}")).collect();
-                format!("---\napiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus: {{addresses: [{}]}}\n", n.name, ips.join(", "))
+                let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| format!("\"{c}\"")).collect();
+                format!("---\napiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{podCIDRs: [{}]}}\nstatus: {{addresses: [{}]}}\n", n.name, cidrs.join(", "), ips.join(", "))
             })
             .collect();
         std::fs::write(dir.path().join("zz-nodes.yaml"), nodes).unwrap();
@@ -436,6 +437,39 @@ pub fn expectations(name: &str) -> Vec<Expect> {
     let doc: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_yaml::from_value(doc["spec"]["expect"].clone()).unwrap()
+}
+
+/// `GET path` on a node's admin server (`127.0.0.1:port` inside `ns`): `(status, body)`,
+/// `None` if nothing answers within a few seconds.
+pub fn admin_get(ns: &Netns, port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let path = path.to_owned();
+    ns.run(move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    })
+    .unwrap()
+}
+
+/// Waits (polling every 50 ms) until `f` holds; panics naming `what` after `limit`.
+pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
 }
 
 /// The standard probe timeout: long enough for a verdict, short enough for many probes.

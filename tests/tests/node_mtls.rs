@@ -95,7 +95,7 @@ fn load(fake: &FakeApi, cluster: &Cluster) {
             .collect();
         fake.apply::<Node>(
             &serde_json::from_value(
-                json!({"metadata": {"name": n.name}, "status": {"addresses": addrs}}),
+                json!({"metadata": {"name": n.name}, "spec": {"podCIDRs": n.pod_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>()}, "status": {"addresses": addrs}}),
             )
             .unwrap(),
         );

@@ -121,3 +121,111 @@ pub fn udp_exchange(dst: SocketAddr, timeout: Duration) -> Outcome {
         Err(e) => classify(&e),
     }
 }
+
+/// A UDP request and response from a fixed local port, so that repeated exchanges are
+/// one flow (one conntrack entry): what a long-lived UDP client (a DNS resolver's
+/// socket, a QUIC connection) looks like to the kernel.
+pub fn udp_exchange_from(src_port: u16, dst: SocketAddr, timeout: Duration) -> Outcome {
+    let bind = if dst.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, src_port))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, src_port))
+    };
+    let sock = match socket2::Socket::new(
+        socket2::Domain::for_address(dst),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .and_then(|s| {
+        s.set_reuse_address(true)?;
+        s.bind(&bind.into())?;
+        Ok(UdpSocket::from(s))
+    }) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    let _ = sock.set_read_timeout(Some(timeout));
+    let query = b"netward-udp-flow";
+    if let Err(e) = sock.connect(dst).and_then(|()| sock.send(query)) {
+        return classify(&e);
+    }
+    let mut buf = [0u8; 2048];
+    match sock.recv(&mut buf) {
+        Ok(n) if buf[..n].starts_with(query) => Outcome::Ok,
+        Ok(n) => Outcome::Error(format!("unexpected {n}-byte answer")),
+        Err(e) => classify(&e),
+    }
+}
+
+/// An ICMP (or ICMPv6) echo request and its reply (`ping -c 1 -W`), on a raw socket:
+/// `Ok` when the matching echo reply comes back within the timeout.
+pub fn icmp_echo(dst: std::net::IpAddr, timeout: Duration) -> Outcome {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let (domain, proto, request, reply) = if dst.is_ipv6() {
+        (Domain::IPV6, Protocol::ICMPV6, 128u8, 129u8)
+    } else {
+        (Domain::IPV4, Protocol::ICMPV4, 8u8, 0u8)
+    };
+    let sock = match Socket::new(domain, Type::RAW, Some(proto)) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Error(format!("raw ICMP socket: {e}")),
+    };
+    let id = u16::try_from(std::process::id() & 0xffff).unwrap_or(0x4e77);
+    let mut msg = vec![request, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&1u16.to_be_bytes());
+    msg.extend_from_slice(b"netward-echo");
+    if dst.is_ipv4() {
+        // ICMPv6 checksums are filled in by the kernel; ICMP ones are ours.
+        let sum = internet_checksum(&msg).to_be_bytes();
+        msg[2..4].copy_from_slice(&sum);
+    }
+    let to = socket2::SockAddr::from(SocketAddr::new(dst, 0));
+    if let Err(e) = sock.send_to(&msg, &to) {
+        return classify(&e);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 2048];
+    // Bounded: every read waits at most what is left of the timeout.
+    for _ in 0..1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        let n = match (&sock).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => return classify(&e),
+        };
+        // A raw IPv4 socket hands over the IP header too; an IPv6 one does not.
+        let icmp = if dst.is_ipv4() {
+            let ihl = usize::from(buf[0] & 0x0f) * 4;
+            buf.get(ihl..n).unwrap_or(&[])
+        } else {
+            &buf[..n]
+        };
+        if icmp.len() >= 8 && icmp[0] == reply && icmp[4..6] == id.to_be_bytes() {
+            return Outcome::Ok;
+        }
+        if icmp.first().is_some_and(|t| {
+            // Destination unreachable (3 / ICMPv6 1): refused.
+            (dst.is_ipv4() && *t == 3) || (dst.is_ipv6() && *t == 1)
+        }) {
+            return Outcome::Refused;
+        }
+    }
+    Outcome::Timeout
+}
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !u16::try_from(sum).unwrap_or(0xffff)
+}

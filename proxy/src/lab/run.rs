@@ -655,10 +655,12 @@ fn write_lab_objects(
             .iter()
             .map(|ip| format!("{{type: InternalIP, address: \"{ip}\"}}"))
             .collect();
+        let cidrs: Vec<String> = n.pod_cidrs.iter().map(|c| format!("\"{c}\"")).collect();
         let _ = write!(
             text,
-            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nstatus: {{addresses: [{}]}}\n",
+            "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{podCIDRs: [{}]}}\nstatus: {{addresses: [{}]}}\n",
             n.name,
+            cidrs.join(", "),
             ips.join(", ")
         );
     }

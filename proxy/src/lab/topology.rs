@@ -171,6 +171,22 @@ pub fn node_ips(k: usize) -> (Ipv4Addr, Ipv6Addr) {
     )
 }
 
+/// The pod CIDRs of node k (1-based): where [`assign_addresses`] puts its pods, and what
+/// the Node objects the lab writes say (`spec.podCIDRs`), so that netward intercepts the
+/// node's whole pod range, pods it has not learned yet included.
+pub fn node_pod_cidrs(k: usize) -> [ipnet::IpNet; 2] {
+    let k8 = u8::try_from(k).unwrap_or(u8::MAX);
+    [
+        ipnet::IpNet::V4(
+            ipnet::Ipv4Net::new(Ipv4Addr::new(198, 18, k8, 0), 24).unwrap_or_default(),
+        ),
+        ipnet::IpNet::V6(
+            ipnet::Ipv6Net::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, u16::from(k8), 0), 112)
+                .unwrap_or_default(),
+        ),
+    ]
+}
+
 /// The Node objects for a cluster's node names (so the engine knows node addresses).
 pub fn node_objects(cluster: &Cluster) -> Vec<Node> {
     node_names(cluster)
@@ -181,6 +197,7 @@ pub fn node_objects(cluster: &Cluster) -> Vec<Node> {
             Node {
                 name,
                 ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+                pod_cidrs: node_pod_cidrs(i + 1).to_vec(),
             }
         })
         .collect()
