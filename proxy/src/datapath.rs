@@ -486,32 +486,57 @@ pub static HOLD_STATS: HoldStats = HoldStats {
     flows_revoked: std::sync::atomic::AtomicU64::new(0),
 };
 
-/// The flows held now (by protocol and 5-tuple), bounded by `HELD_MAX`.
+/// Flows held at once from one source address: a pod flooding SYNs (each of which
+/// would open an upstream connection) cannot take every slot.
+const HELD_PER_SOURCE: u32 = 1024;
+
+/// The flows held now (by protocol and 5-tuple), bounded in all by `HELD_MAX` and per
+/// source address by `HELD_PER_SOURCE`.
 #[derive(Default)]
-struct HeldSet(Mutex<std::collections::HashSet<(Protocol, SocketAddr, SocketAddr)>>);
+struct HeldSet(Mutex<HeldInner>);
+
+#[derive(Default)]
+struct HeldInner {
+    flows: std::collections::HashSet<(Protocol, SocketAddr, SocketAddr)>,
+    per_source: HashMap<IpAddr, u32>,
+}
 
 impl HeldSet {
-    /// Holds `key`; false when it is held already (a retransmission) or the set is full.
+    /// Holds `key`; refused when it is held already (a retransmission) or a bound is reached.
     fn hold(&self, key: &FlowKey) -> Result<(), Refusal> {
-        let Ok(mut set) = self.0.lock() else {
+        let Ok(mut inner) = self.0.lock() else {
             return Err(Refusal::Full);
         };
-        if set.contains(&(key.protocol, key.src, key.dst)) {
+        let HeldInner { flows, per_source } = &mut *inner;
+        if flows.contains(&(key.protocol, key.src, key.dst)) {
             return Err(Refusal::Retransmission);
         }
-        if set.len() >= HELD_MAX {
+        let from_source = per_source.entry(key.src.ip()).or_insert(0);
+        if flows.len() >= HELD_MAX || *from_source >= HELD_PER_SOURCE {
             HOLD_STATS.held_overflow.fetch_add(1, Ordering::Relaxed);
+            if *from_source == 0 {
+                per_source.remove(&key.src.ip());
+            }
             return Err(Refusal::Full);
         }
-        set.insert((key.protocol, key.src, key.dst));
-        HOLD_STATS.held.store(set.len() as u64, Ordering::Relaxed);
+        *from_source += 1;
+        flows.insert((key.protocol, key.src, key.dst));
+        HOLD_STATS.held.store(flows.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn release(&self, key: &FlowKey) {
-        if let Ok(mut set) = self.0.lock() {
-            set.remove(&(key.protocol, key.src, key.dst));
-            HOLD_STATS.held.store(set.len() as u64, Ordering::Relaxed);
+        if let Ok(mut inner) = self.0.lock() {
+            let HeldInner { flows, per_source } = &mut *inner;
+            if flows.remove(&(key.protocol, key.src, key.dst))
+                && let Some(n) = per_source.get_mut(&key.src.ip())
+            {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_source.remove(&key.src.ip());
+                }
+            }
+            HOLD_STATS.held.store(flows.len() as u64, Ordering::Relaxed);
         }
     }
 }
@@ -1333,4 +1358,45 @@ fn service_of(client: &TcpStream, orig: SocketAddr, snap: &Snapshot) -> Option<a
         ip: before.ip().to_string(),
         port: before.port(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: &str, dst: &str) -> FlowKey {
+        FlowKey {
+            protocol: Protocol::Tcp,
+            src: src
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            dst: dst
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        }
+    }
+
+    #[test]
+    fn a_held_flow_is_held_once_and_one_source_cannot_take_every_slot() {
+        let held = HeldSet::default();
+        let k = key("198.18.1.10:40000", "198.18.1.11:80");
+        assert!(held.hold(&k).is_ok());
+        assert!(matches!(held.hold(&k), Err(Refusal::Retransmission)));
+        held.release(&k);
+        assert!(held.hold(&k).is_ok(), "released: held again");
+        held.release(&k);
+        for port in 0..HELD_PER_SOURCE {
+            let k = key(&format!("198.18.1.10:{}", 1000 + port), "198.18.1.11:80");
+            assert!(held.hold(&k).is_ok());
+        }
+        let one_more = key("198.18.1.10:60000", "198.18.1.11:80");
+        assert!(matches!(held.hold(&one_more), Err(Refusal::Full)));
+        let other_source = key("198.18.1.12:60000", "198.18.1.11:80");
+        assert!(
+            held.hold(&other_source).is_ok(),
+            "another pod still gets a slot"
+        );
+        held.release(&key("198.18.1.10:1000", "198.18.1.11:80"));
+        assert!(held.hold(&one_more).is_ok(), "a slot came free");
+    }
 }

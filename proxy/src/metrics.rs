@@ -450,6 +450,55 @@ impl Collector for Atomics {
             "Packets the kernel dropped because it could not hand them to netward (fail closed)",
             user_dropped,
         )?;
+        let h = &crate::datapath::HOLD_STATS;
+        gauge(
+            &mut enc,
+            "held_flows",
+            "First packets held now: SYNs waiting for their upstream's answer, flows waiting for an unknown pod to be learned",
+            g(h.held.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut enc,
+            "held_overflow",
+            "First packets dropped because too many flows were held (in all, or from one source)",
+            h.held_overflow.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "unknown_pod_denials",
+            "Flows denied because an end was an address of the node's pod CIDRs that no known pod has (unknown-pod)",
+            h.unknown_pod.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "upstream_refused",
+            "Allowed TCP connections refused by their destination (the client was refused too)",
+            h.upstream_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "upstream_failed",
+            "Allowed TCP connections whose destination never answered or was unreachable (the client's SYN was dropped)",
+            h.upstream_failed.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "tproxy_port_refused",
+            "Direct connections to the transparent listener's port, refused",
+            h.tproxy_port_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "ready_upstreams_dropped",
+            "Connected upstreams closed because their client's handshake did not complete in time or the map was full",
+            h.ready_dropped.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "flows_revoked",
+            "UDP/SCTP/ICMP flows whose conntrack entry was deleted because a new snapshot denies them",
+            h.flows_revoked.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut enc,
             "splice_fallbacks",

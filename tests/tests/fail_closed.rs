@@ -477,3 +477,124 @@ spec:
         );
     }
 }
+
+/// Point 7, a bench figure (not asserted; run with `--ignored --nocapture`): the connect
+/// time of allowed connections from one pod, idle and while another pod floods 20,000
+/// SYNs whose handshakes never complete (its kernel drops the SYN-ACKs), and the verdict
+/// queue's kernel drops meanwhile.
+#[test]
+#[ignore = "bench: run by hand, prints figures"]
+fn bench_syn_flood_connect_time() {
+    if !root() {
+        return;
+    }
+    let docs = format!(
+        "{NS_AND_B}---\n{}---\n{}",
+        POD_A,
+        POD_A
+            .replace("name: a,", "name: flood,")
+            .replace("app: a", "app: flood")
+            .replace("198.18.1.10", "198.18.1.12")
+            .replace("fd00::1:10", "fd00::1:12")
+    );
+    let lab = Lab::single_node(&[("00.yaml", &docs)]);
+    let nw = lab.start_netward(0, &[]);
+    let dst = SocketAddr::new(lab.ip("t/b", false), 80);
+    let sample = |n: usize| -> Vec<Duration> {
+        let mut v: Vec<Duration> = (0..n)
+            .map(|_| {
+                let (o, took) = lab
+                    .pod("t/a")
+                    .run(move || probe::tcp_connect(dst, Duration::from_secs(3)))
+                    .unwrap();
+                assert_eq!(o, Outcome::Ok, "{}", nw.log());
+                took
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let idle = sample(200);
+    let flood_ns = lab.pod("t/flood");
+    flood_ns
+        .sh("nft add table inet f; nft add chain inet f in '{ type filter hook input priority 0; }'; nft add rule inet f in tcp flags '& (syn|ack) == syn|ack' drop")
+        .unwrap();
+    let src = lab.ip("t/flood", false);
+    let flood = flood_ns
+        .spawn(move || syn_flood(src, dst, 20_000, Duration::from_secs(4)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let during = sample(200);
+    let sent = flood.join().unwrap().unwrap();
+    let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let drops = admin_get(lab.node(), 15021, "/metrics")
+        .map(|(_, body)| {
+            body.lines()
+                .filter(|l| {
+                    l.starts_with("netward_verdict_kernel_queue_dropped")
+                        || l.starts_with("netward_verdict_queue_overflows")
+                        || l.starts_with("netward_held_overflow")
+                        || l.starts_with("netward_ready_upstreams_dropped")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    println!(
+        "SYN flood bench: {sent} SYNs sent\nidle connect p50 {:?} p90 {:?}\nflood connect p50 {:?} p90 {:?}\nratio p50 {:.2}\n{drops}",
+        p(&idle, 0.5),
+        p(&idle, 0.9),
+        p(&during, 0.5),
+        p(&during, 0.9),
+        p(&during, 0.5).as_secs_f64() / p(&idle, 0.5).as_secs_f64()
+    );
+}
+
+/// Sends `count` TCP SYNs from `src` to `dst` with distinct source ports over a raw
+/// socket, spread over at most `within`; returns how many were sent.
+fn syn_flood(src: IpAddr, dst: SocketAddr, count: u32, within: Duration) -> u32 {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst.ip()) else {
+        return 0;
+    };
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::TCP),
+    )
+    .unwrap();
+    let to = socket2::SockAddr::from(dst);
+    let start = Instant::now();
+    let mut sent = 0;
+    for i in 0..count {
+        let sport = 20_000 + u16::try_from(i % 40_000).unwrap();
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+        tcp[4..8].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02; // SYN
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        // Checksum over the pseudo-header and the segment.
+        let mut sum: u32 = 0;
+        for w in s.octets().chunks(2).chain(d.octets().chunks(2)) {
+            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+        sum += 6 + 20;
+        for w in tcp.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        tcp[16..18].copy_from_slice(&(!u16::try_from(sum).unwrap()).to_be_bytes());
+        if sock.send_to(&tcp, &to).is_ok() {
+            sent += 1;
+        }
+        // Pace: `count` over `within`.
+        let due = within.mul_f64(f64::from(i) / f64::from(count));
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    sent
+}
