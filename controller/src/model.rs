@@ -591,12 +591,16 @@ impl Pod {
 }
 
 /// A node and its addresses (traffic from a pod's own node is always allowed in).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     /// Node name.
     pub name: String,
     /// Its InternalIP / ExternalIP addresses.
     pub ips: Vec<IpAddr>,
+    /// The ranges its pods get addresses from (`spec.podCIDRs`, else `spec.podCIDR`),
+    /// host bits cleared: the datapath intercepts them whole, pods it has not learned
+    /// yet included. Empty when the cluster does not allocate per-node ranges.
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 impl Node {
@@ -620,8 +624,33 @@ impl Node {
                 ips.push(ip);
             }
         }
+        let spec = node.spec.as_ref();
+        let mut pod_cidrs = Vec::new();
+        let listed = spec
+            .and_then(|s| s.pod_cidrs.as_deref())
+            .unwrap_or_default();
+        for (i, c) in listed.iter().enumerate() {
+            if let Some(net) = parse_cidr(c, &format!("spec.podCIDRs[{i}]"), &mut errs)
+                && !pod_cidrs.contains(&net.trunc())
+            {
+                pod_cidrs.push(net.trunc());
+            }
+        }
+        // `podCIDR` is `podCIDRs[0]` on every API server since 1.16; alone only on older ones.
+        if listed.is_empty()
+            && let Some(c) = spec
+                .and_then(|s| s.pod_cidr.as_deref())
+                .filter(|c| !c.is_empty())
+            && let Some(net) = parse_cidr(c, "spec.podCIDR", &mut errs)
+        {
+            pod_cidrs.push(net.trunc());
+        }
         if errs.0.is_empty() {
-            Ok(Node { name, ips })
+            Ok(Node {
+                name,
+                ips,
+                pod_cidrs,
+            })
         } else {
             Err(errs.0)
         }

@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
 use crate::cluster::{Cluster, ObjectKey};
 use crate::model::{
     IpBlock, Labels, Mode, Namespace, NamespaceScope, NetworkPolicy, Peer, Pod, Rule, Selector,
@@ -374,6 +376,8 @@ pub struct Snapshot {
     pub(crate) pod_by_key: ShardedIndex<ObjectKey>,
     pub(crate) pod_by_ip: ShardedIndex<IpAddr>,
     pub(crate) node_by_ip: Arc<HashMap<IpAddr, Arc<str>>>,
+    /// Each node's pod CIDRs, by node name (nodes without any are left out).
+    pub(crate) node_pod_cidrs: Arc<BTreeMap<String, Vec<IpNet>>>,
     pub(crate) policies: Arc<Vec<CompiledPolicy>>,
     pub(crate) policy_by_key: Arc<HashMap<ObjectKey, PolicyId>>,
     pub(crate) services_by_ip: Arc<HashMap<IpAddr, Arc<Service>>>,
@@ -547,6 +551,12 @@ impl Snapshot {
                 node_by_ip.insert(*ip, name.clone());
             }
         }
+        let node_pod_cidrs: BTreeMap<String, Vec<IpNet>> = cluster
+            .nodes
+            .values()
+            .filter(|n| !n.pod_cidrs.is_empty())
+            .map(|n| (n.name.clone(), n.pod_cidrs.clone()))
+            .collect();
         let services: Vec<Arc<Service>> = cluster
             .services
             .values()
@@ -567,6 +577,7 @@ impl Snapshot {
             pod_by_key,
             pod_by_ip,
             node_by_ip: Arc::new(node_by_ip),
+            node_pod_cidrs: Arc::new(node_pod_cidrs),
             policies: Arc::new(policies),
             policy_by_key: Arc::new(policy_by_key),
             services_by_ip: Arc::new(services_by_ip),
@@ -814,6 +825,25 @@ impl Snapshot {
         self.node_by_ip.get(&ip).map(|s| s.as_ref())
     }
 
+    /// The pod CIDRs of one node (`spec.podCIDRs`), or of every node (in name order,
+    /// without repeats) when `node` is `None`: the ranges to intercept whole, so a pod
+    /// is enforced from its first packet even before the snapshot has learned it. Empty
+    /// for an unknown node or one without pod CIDRs.
+    pub fn pod_cidrs(&self, node: Option<&str>) -> Vec<IpNet> {
+        match node {
+            Some(name) => self.node_pod_cidrs.get(name).cloned().unwrap_or_default(),
+            None => {
+                let mut all: Vec<IpNet> = Vec::new();
+                for net in self.node_pod_cidrs.values().flatten() {
+                    if !all.contains(net) {
+                        all.push(*net);
+                    }
+                }
+                all
+            }
+        }
+    }
+
     /// The namespace with this name.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.get(name).map(|n| n.as_ref())
@@ -908,6 +938,14 @@ impl Snapshot {
                 other_bytes += ARC_HEADER + name.len();
             }
         }
+        other_bytes += ARC_HEADER
+            + size_of::<BTreeMap<String, Vec<IpNet>>>()
+            + btree_node_bytes::<String, Vec<IpNet>>(self.node_pod_cidrs.len())
+            + self
+                .node_pod_cidrs
+                .iter()
+                .map(|(name, nets)| name.capacity() + nets.capacity() * size_of::<IpNet>())
+                .sum::<usize>();
         other_bytes += ARC_HEADER
             + size_of::<HashMap<IpAddr, Arc<Service>>>()
             + hash_table_bytes::<(IpAddr, Arc<Service>)>(self.services_by_ip.capacity())

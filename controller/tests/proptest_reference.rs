@@ -343,6 +343,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         c.upsert_node(netward_controller::model::Node {
             name: "node-a".into(),
             ips: vec!["198.18.0.100".parse().unwrap()],
+            pod_cidrs: vec!["198.18.0.0/24".parse().unwrap()],
         });
         for p in pods {
             c.upsert_pod(p);

@@ -181,6 +181,7 @@ pub fn node_objects(cluster: &Cluster) -> Vec<Node> {
             Node {
                 name,
                 ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+                pod_cidrs: Vec::new(),
             }
         })
         .collect()
