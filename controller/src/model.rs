@@ -477,6 +477,9 @@ pub struct Pod {
     pub terminated: bool,
     /// Container ports (for named ports).
     pub ports: Vec<ContainerPort>,
+    /// `metadata.creationTimestamp` in Unix seconds, when the API gave one: when several
+    /// live pods claim one address, the newest owns it (see [`Pod::claims_ip_before`]).
+    pub created: Option<i64>,
 }
 
 impl Pod {
@@ -492,6 +495,24 @@ impl Pod {
             host_network: false,
             terminated: false,
             ports: Vec::new(),
+            created: None,
+        }
+    }
+
+    /// Whether this pod's claim to an address beats `other`'s, when both are live policy
+    /// endpoints listing it. IPAM hands an address out again only once its holder has
+    /// released it, so when two live pods claim one, the older one's status is stale
+    /// (its deletion or termination has not reached us yet): the pod created later wins
+    /// (a pod without a creation time counts as the oldest), then the smaller
+    /// `namespace/name`. The full compile and every incremental update apply this one
+    /// order, so the owner does not depend on the order events arrive in.
+    pub fn claims_ip_before(&self, other: &Pod) -> bool {
+        match self.created.cmp(&other.created) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => {
+                (&self.namespace, &self.name) < (&other.namespace, &other.name)
+            }
         }
     }
 
@@ -583,6 +604,11 @@ impl Pod {
                 host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
                 terminated,
                 ports,
+                created: pod
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_second()),
             })
         } else {
             Err(errs.0)

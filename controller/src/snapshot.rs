@@ -321,12 +321,30 @@ pub(crate) struct ShardedIndex<K: ShardKey> {
 impl<K: ShardKey + Clone> ShardedIndex<K> {
     /// Builds the index; for a repeated key the first entry wins.
     fn build(entries: impl IntoIterator<Item = (K, PodId)>, expected: usize) -> ShardedIndex<K> {
+        ShardedIndex::build_with(entries, expected, |_, _, _| {})
+    }
+
+    /// Builds the index; for a repeated key, `conflict(key, held, new)` decides, by
+    /// writing to `held`, which id the index keeps.
+    fn build_with(
+        entries: impl IntoIterator<Item = (K, PodId)>,
+        expected: usize,
+        mut conflict: impl FnMut(&K, &mut PodId, PodId),
+    ) -> ShardedIndex<K> {
         let per_shard = expected.div_ceil(SHARDS) + expected.div_ceil(SHARDS) / 4;
         let mut maps: Vec<HashMap<K, PodId, K::Hasher>> = (0..SHARDS)
             .map(|_| HashMap::with_capacity_and_hasher(per_shard, K::Hasher::default()))
             .collect();
         for (k, id) in entries {
-            maps[k.shard()].entry(k).or_insert(id);
+            match maps[k.shard()].entry(k) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(id);
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let (k, held) = (o.key().clone(), o.get_mut());
+                    conflict(&k, held, id);
+                }
+            }
         }
         ShardedIndex {
             shards: maps.into_iter().map(Arc::new).collect(),
@@ -374,7 +392,11 @@ pub struct Snapshot {
     pub(crate) namespaces: Arc<BTreeMap<String, Arc<Namespace>>>,
     pub(crate) pods: PodTable,
     pub(crate) pod_by_key: ShardedIndex<ObjectKey>,
+    /// Each address's owner among the live pods claiming it ([`Pod::claims_ip_before`]).
     pub(crate) pod_by_ip: ShardedIndex<IpAddr>,
+    /// For the rare address several live pods claim: the claimants that do not own it,
+    /// sorted by id, so that the next one takes over when the owner goes.
+    pub(crate) ip_contenders: Arc<HashMap<IpAddr, Vec<PodId>>>,
     pub(crate) node_by_ip: Arc<HashMap<IpAddr, Arc<str>>>,
     /// Each node's pod CIDRs, by node name (nodes without any are left out).
     pub(crate) node_pod_cidrs: Arc<BTreeMap<String, Vec<IpNet>>>,
@@ -470,7 +492,9 @@ impl Snapshot {
                 .map(|(i, k)| (k.clone(), id_of(i))),
             cluster.pods.len(),
         );
-        let pod_by_ip = ShardedIndex::build(
+        // One owner per address; the other live claimants wait in `ip_contenders`.
+        let mut ip_contenders: HashMap<IpAddr, Vec<PodId>> = HashMap::new();
+        let pod_by_ip = ShardedIndex::build_with(
             cluster
                 .pods
                 .values()
@@ -478,7 +502,24 @@ impl Snapshot {
                 .filter(|(i, _)| live[*i])
                 .flat_map(|(i, p)| p.ips.iter().map(move |ip| (*ip, id_of(i)))),
             cluster.pods.len(),
+            |ip, held, new| {
+                if *held == new {
+                    return; // one pod listing an address twice
+                }
+                let loser = if pods[new.0 as usize]
+                    .pod
+                    .claims_ip_before(&pods[held.0 as usize].pod)
+                {
+                    std::mem::replace(held, new)
+                } else {
+                    new
+                };
+                ip_contenders.entry(*ip).or_default().push(loser);
+            },
         );
+        for others in ip_contenders.values_mut() {
+            others.sort_unstable();
+        }
         // Live pods grouped by namespace and label set: selectors are evaluated once
         // per distinct label set, not once per pod.
         let mut cx = CompileCx::new(cluster, &live);
@@ -576,6 +617,7 @@ impl Snapshot {
             pods: PodTable::from_vec(pods),
             pod_by_key,
             pod_by_ip,
+            ip_contenders: Arc::new(ip_contenders),
             node_by_ip: Arc::new(node_by_ip),
             node_pod_cidrs: Arc::new(node_pod_cidrs),
             policies: Arc::new(policies),
@@ -658,20 +700,17 @@ impl Snapshot {
             }
             None => (old.clone(), false),
         };
-        // The IP index ends as if the pod's old entries were dropped and its new IPs
-        // added where free, but an unchanged entry is not written (a label change
-        // writes nothing).
-        for ip in &old.ips {
-            if self.pod_by_ip.get(ip) == Some(&id) && !(live && pod.ips.contains(ip)) {
-                self.pod_by_ip.remove(ip);
-            }
-        }
-        if live {
-            for ip in &pod.ips {
-                if self.pod_by_ip.get(ip).is_none() {
-                    self.pod_by_ip.insert(*ip, id);
-                }
-            }
+        // Every address the pod claimed or claims gets its owner again, by the same
+        // order the full compile applies; an unchanged entry is not written (a label
+        // change writes nothing).
+        let old_claims: &[IpAddr] = if self.pods[id.0 as usize].live {
+            &old.ips
+        } else {
+            &[]
+        };
+        let new_claims: &[IpAddr] = if live { &pod.ips } else { &[] };
+        for ip in old_claims.iter().chain(new_claims) {
+            self.settle_ip(*ip, id, new_claims.contains(ip).then_some(&*pod));
         }
 
         // Read everything first; then copy and write only the rule sets that change.
@@ -746,6 +785,49 @@ impl Snapshot {
             enforce: reuse(&entry.egress.enforce, iso_eg.0),
             audit: reuse(&entry.egress.audit, iso_eg.1),
         };
+    }
+
+    /// Gives `ip` its owner again after pod `id`'s claim changed: `claim` is the pod's
+    /// new state when it (live) lists the address, `None` when it no longer does.
+    fn settle_ip(&mut self, ip: IpAddr, id: PodId, claim: Option<&Pod>) {
+        let owner = self.pod_by_ip.get(&ip).copied();
+        let before = self.ip_contenders.get(&ip);
+        let mut claimants: Vec<PodId> = owner
+            .into_iter()
+            .chain(before.into_iter().flatten().copied())
+            .filter(|c| *c != id)
+            .chain(claim.map(|_| id))
+            .collect();
+        let pod_of = |c: PodId| -> &Pod {
+            match claim {
+                Some(p) if c == id => p,
+                _ => &self.pods[c.0 as usize].pod,
+            }
+        };
+        let mut best: Option<PodId> = None;
+        for c in &claimants {
+            if best.is_none_or(|b| pod_of(*c).claims_ip_before(pod_of(b))) {
+                best = Some(*c);
+            }
+        }
+        claimants.retain(|c| Some(*c) != best);
+        claimants.sort_unstable();
+        let contenders_changed = before.map_or(!claimants.is_empty(), |b| *b != claimants);
+        match best {
+            Some(b) if owner != Some(b) => self.pod_by_ip.insert(ip, b),
+            None if owner.is_some() => {
+                self.pod_by_ip.remove(&ip);
+            }
+            _ => {}
+        }
+        if contenders_changed {
+            let map = Arc::make_mut(&mut self.ip_contenders);
+            if claimants.is_empty() {
+                map.remove(&ip);
+            } else {
+                map.insert(ip, claimants);
+            }
+        }
     }
 
     /// Increments with every change; 1 for a fresh compile.
@@ -878,7 +960,16 @@ impl Snapshot {
                 }
             }
         }
-        let index_bytes = self.pod_by_key.heap_bytes() + self.pod_by_ip.heap_bytes();
+        let index_bytes = self.pod_by_key.heap_bytes()
+            + self.pod_by_ip.heap_bytes()
+            + ARC_HEADER
+            + size_of::<HashMap<IpAddr, Vec<PodId>>>()
+            + hash_table_bytes::<(IpAddr, Vec<PodId>)>(self.ip_contenders.capacity())
+            + self
+                .ip_contenders
+                .values()
+                .map(|v| v.capacity() * size_of::<PodId>())
+                .sum::<usize>();
 
         let mut policy_bytes = size_of::<Vec<CompiledPolicy>>()
             + ARC_HEADER

@@ -231,6 +231,14 @@ fn other_objects_are_validated_too() {
             "apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n",
             "metadata.name",
         ),
+        (
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDRs: [198.18.1.0/24, 198.18.2.0]}\n",
+            "spec.podCIDRs[1]: invalid CIDR \"198.18.2.0\"",
+        ),
+        (
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDR: fd00::/300}\n",
+            "spec.podCIDR: invalid CIDR \"fd00::/300\"",
+        ),
         ("kind: Pod\nmetadata: {name: p}\n", "apiVersion"),
         ("apiVersion: v1\nmetadata: {name: p}\n", "kind"),
     ];
@@ -243,6 +251,57 @@ fn other_objects_are_validated_too() {
             "{yaml}: {e}"
         );
     }
+}
+
+#[test]
+fn node_pod_cidrs_reach_the_snapshot() {
+    let s = Snapshot::compile(&common::cluster(
+        r#"
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+spec: {podCIDRs: [198.18.2.7/24, "fd00::2:0/112"]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+spec: {podCIDR: 198.18.1.0/24}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-c}
+spec: {podCIDR: 198.18.3.0/24, podCIDRs: [198.18.3.0/24]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-d}
+status: {addresses: [{type: InternalIP, address: 198.18.0.4}]}
+"#,
+    ));
+    let nets = |v: &[&str]| -> Vec<ipnet::IpNet> { v.iter().map(|n| n.parse().unwrap()).collect() };
+    // podCIDRs, host bits cleared; podCIDR alone on old API servers; no repeats.
+    assert_eq!(
+        s.pod_cidrs(Some("node-b")),
+        nets(&["198.18.2.0/24", "fd00::2:0/112"])
+    );
+    assert_eq!(s.pod_cidrs(Some("node-a")), nets(&["198.18.1.0/24"]));
+    assert_eq!(s.pod_cidrs(Some("node-c")), nets(&["198.18.3.0/24"]));
+    assert_eq!(s.pod_cidrs(Some("node-d")), nets(&[]));
+    assert_eq!(s.pod_cidrs(Some("nowhere")), nets(&[]));
+    assert_eq!(
+        s.pod_cidrs(None),
+        nets(&[
+            "198.18.1.0/24",
+            "198.18.2.0/24",
+            "fd00::2:0/112",
+            "198.18.3.0/24"
+        ])
+    );
+    // Pod updates are incremental and keep the nodes' ranges.
+    let mut pod = netward_controller::model::Pod::new("a", "p", Default::default());
+    pod.ips = vec!["198.18.2.9".parse().unwrap()];
+    let s2 = s.with_pod(pod).without_pod("a", "p");
+    assert_eq!(s2.pod_cidrs(None), s.pod_cidrs(None));
 }
 
 #[test]

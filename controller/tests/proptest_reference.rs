@@ -25,13 +25,26 @@ enum End {
     Ip(IpAddr),
 }
 
+/// Which live pod an address belongs to when several claim it: the newest (no creation
+/// time: the oldest), then the first by `namespace/name`.
+fn ref_owner(c: &Cluster, ip: IpAddr) -> Option<&Pod> {
+    c.pods
+        .values()
+        .filter(|p| !p.host_network && !p.terminated && p.ips.contains(&ip))
+        .min_by(|a, b| {
+            b.created
+                .cmp(&a.created)
+                .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
+        })
+}
+
 fn ref_pod<'a>(c: &'a Cluster, e: &End) -> Option<&'a Pod> {
     match e {
         End::Pod(ns, n) => c
             .pods
             .get(&(ns.clone(), n.clone()))
             .filter(|p| !p.host_network && !p.terminated),
-        End::Ip(_) => None,
+        End::Ip(ip) => ref_owner(c, *ip),
     }
 }
 
@@ -125,14 +138,12 @@ fn ref_side(
 
 fn reference(c: &Cluster, src: &End, dst: &End, proto: Protocol, port: u16) -> bool {
     let (sp, dp) = (ref_pod(c, src), ref_pod(c, dst));
-    if let (Some(a), Some(b)) = (sp, dp)
-        && a.namespace == b.namespace
-        && a.name == b.name
-    {
-        return true;
-    }
-    if sp.is_none() && dp.is_none() && ref_ip(c, src).is_some() && ref_ip(c, src) == ref_ip(c, dst)
-    {
+    // Self traffic: one pod at both ends, or (when at most one end is a pod) one address.
+    let same = match (sp, dp) {
+        (Some(a), Some(b)) => a.namespace == b.namespace && a.name == b.name,
+        _ => ref_ip(c, src).is_some() && ref_ip(c, src) == ref_ip(c, dst),
+    };
+    if same {
         return true;
     }
     let egress = sp.is_none_or(|p| ref_side(c, p, Direction::Egress, dst, dp, proto, port));
@@ -288,6 +299,22 @@ fn policy(i: usize) -> impl Strategy<Value = NetworkPolicy> {
         })
 }
 
+/// Pod addresses come from a small pool so that pods share and reuse them: mostly a
+/// pod's own slot, sometimes one of the first four (shared with other pods).
+fn small_ip(slot: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 0, slot))
+}
+
+fn ip_slot(own: usize) -> impl Strategy<Value = u8> {
+    let own = u8::try_from(own).unwrap();
+    prop_oneof![2 => Just(own), 1 => 0u8..4]
+}
+
+/// Creation times from a tiny range, so that pods sharing an address often tie.
+fn created() -> impl Strategy<Value = Option<i64>> {
+    prop::option::weighted(0.8, 0i64..3)
+}
+
 fn pod(i: usize) -> impl Strategy<Value = Pod> {
     (
         prop::sample::select(&NAMESPACES[..]),
@@ -304,28 +331,28 @@ fn pod(i: usize) -> impl Strategy<Value = Pod> {
             ],
             0..3,
         ),
+        ip_slot(i),
+        created(),
     )
-        .prop_map(move |(ns, labels, node, host, done, ports)| {
-            let mut p = Pod::new(ns, &format!("pod{i}"), labels);
-            p.ips = vec![IpAddr::V4(Ipv4Addr::new(
-                198,
-                18,
-                0,
-                u8::try_from(i).unwrap(),
-            ))];
-            p.node = Some(node.to_owned());
-            p.host_network = host;
-            p.terminated = done;
-            p.ports = ports
-                .into_iter()
-                .map(|(n, port, protocol)| ContainerPort {
-                    name: Some(n.to_owned()),
-                    port,
-                    protocol,
-                })
-                .collect();
-            p
-        })
+        .prop_map(
+            move |(ns, labels, node, host, done, ports, slot, created)| {
+                let mut p = Pod::new(ns, &format!("pod{i}"), labels);
+                p.ips = vec![small_ip(slot)];
+                p.created = created;
+                p.node = Some(node.to_owned());
+                p.host_network = host;
+                p.terminated = done;
+                p.ports = ports
+                    .into_iter()
+                    .map(|(n, port, protocol)| ContainerPort {
+                        name: Some(n.to_owned()),
+                        port,
+                        protocol,
+                    })
+                    .collect();
+                p
+            },
+        )
 }
 
 fn cluster() -> impl Strategy<Value = Cluster> {
@@ -343,6 +370,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         c.upsert_node(netward_controller::model::Node {
             name: "node-a".into(),
             ips: vec!["198.18.0.100".parse().unwrap()],
+            pod_cidrs: vec!["198.18.0.0/24".parse().unwrap()],
         });
         for p in pods {
             c.upsert_pod(p);
@@ -360,7 +388,12 @@ fn ends(c: &Cluster) -> Vec<End> {
         .keys()
         .map(|(ns, n)| End::Pod(ns.clone(), n.clone()))
         .collect();
-    // An outside IP, one inside the ipBlocks, and the node.
+    // Every pod address (the live pod that owns it, if any), an outside IP, one inside
+    // the ipBlocks, and the node.
+    let mut ips: Vec<IpAddr> = c.pods.values().flat_map(|p| p.ips.clone()).collect();
+    ips.sort();
+    ips.dedup();
+    v.extend(ips.into_iter().map(End::Ip));
     v.push(End::Ip("198.19.9.9".parse().unwrap()));
     v.push(End::Ip("198.18.0.14".parse().unwrap()));
     v.push(End::Ip("198.18.0.100".parse().unwrap()));
@@ -376,6 +409,11 @@ fn endpoint(s: &Snapshot, e: &End) -> Endpoint {
 
 fn all_decisions(s: &Snapshot, c: &Cluster) -> Vec<(String, bool)> {
     let mut out = Vec::new();
+    for slot in 0..8 {
+        let ip = small_ip(slot);
+        let owner = s.endpoint_for_ip(ip).pod.map(|id| s.pod(id).key());
+        out.push((format!("{ip} owned by {owner:?}"), true));
+    }
     for a in ends(c) {
         for b in ends(c) {
             for proto in Protocol::ALL {
@@ -396,6 +434,75 @@ fn all_decisions(s: &Snapshot, c: &Cluster) -> Vec<(String, bool)> {
         }
     }
     out
+}
+
+/// One change in a batch of pod events.
+#[derive(Clone, Debug)]
+enum SmallOp {
+    /// Pod `which` (modulo the pods there are) gets new labels, the address in `slot`,
+    /// and maybe terminates.
+    Update(usize, BTreeMap<String, String>, u8, bool),
+    /// A new pod in namespace `ns`, at the address in `slot`, created then.
+    Add(usize, BTreeMap<String, String>, u8, Option<i64>),
+    /// Pod `which` is deleted.
+    Delete(usize),
+    /// Pod `to` takes pod `from`'s address (a terminated pod's IP reused, or a stale status).
+    TakeIp(usize, usize),
+}
+
+fn small_op() -> impl Strategy<Value = SmallOp> {
+    prop_oneof![
+        3 => (any::<usize>(), labels(), 0u8..8, prop::bool::weighted(0.2))
+            .prop_map(|(w, l, s, t)| SmallOp::Update(w, l, s, t)),
+        2 => (0..NAMESPACES.len(), labels(), 0u8..8, created())
+            .prop_map(|(n, l, s, t)| SmallOp::Add(n, l, s, t)),
+        2 => any::<usize>().prop_map(SmallOp::Delete),
+        2 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| SmallOp::TakeIp(a, b)),
+    ]
+}
+
+/// Applies one pod's last state to a snapshot, as the node agent does.
+fn apply_pod(s: &Snapshot, key: &(String, String), pod: Option<Pod>) -> Snapshot {
+    match pod {
+        Some(p) => s.with_pod(p),
+        None => s.without_pod(&key.0, &key.1),
+    }
+}
+
+/// An arbitrary but reproducible order for a batch's keys.
+fn shuffled<T>(
+    seed: u64,
+    entries: impl IntoIterator<Item = ((String, String), T)>,
+) -> Vec<((String, String), T)> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut v: Vec<_> = entries.into_iter().collect();
+    v.sort_by_cached_key(|(k, _)| {
+        let mut h = DefaultHasher::new();
+        (seed, k).hash(&mut h);
+        h.finish()
+    });
+    v
+}
+
+/// The first difference between what an incremental snapshot and a full compile say,
+/// if any (the whole lists are too long to read in a failure).
+fn first_difference<T: PartialEq + std::fmt::Debug>(
+    incremental: &[T],
+    full: &[T],
+) -> Option<String> {
+    if let Some(i) = (0..incremental.len().min(full.len())).find(|i| incremental[*i] != full[*i]) {
+        return Some(format!(
+            "incremental: {:?}, full compile: {:?}",
+            incremental[i], full[i]
+        ));
+    }
+    (incremental.len() != full.len()).then(|| {
+        format!(
+            "incremental gives {} results, full compile {}",
+            incremental.len(),
+            full.len()
+        )
+    })
 }
 
 proptest! {
@@ -434,8 +541,73 @@ proptest! {
             before.with_pod(p)
         };
         let full = Snapshot::compile(&changed);
-        prop_assert_eq!(all_decisions(&incremental, &changed), all_decisions(&full, &changed));
+        let diff = first_difference(&all_decisions(&incremental, &changed), &all_decisions(&full, &changed));
+        prop_assert!(diff.is_none(), "{}", diff.unwrap_or_default());
         prop_assert!(incremental.generation() > before.generation());
+    }
+
+    /// Pods sharing and reusing addresses: a chain of changes (a pod deleted and another
+    /// created on its address, an address moving from one pod to another, terminations)
+    /// applied one event at a time, or batched by key (each key's last state) in an
+    /// arbitrary order, as the node agent does, equals a full compile.
+    #[test]
+    fn pod_batches_in_any_order_equal_full_compile(
+        c in cluster(),
+        ops in prop::collection::vec(small_op(), 1..8),
+        seed in any::<u64>(),
+        by_event in any::<bool>(),
+    ) {
+        let mut cluster = c.clone();
+        let mut snap = Snapshot::compile(&c);
+        let mut batch: BTreeMap<(String, String), Option<Pod>> = BTreeMap::new();
+        for (k, op) in ops.into_iter().enumerate() {
+            let keys: Vec<_> = cluster.pods.keys().cloned().collect();
+            let pick = |w: usize| keys[w % keys.len()].clone();
+            let change = match op {
+                SmallOp::Update(w, labels, slot, done) if !keys.is_empty() => {
+                    let key = pick(w);
+                    let mut p = cluster.pods[&key].clone();
+                    p.labels = labels;
+                    p.ips = vec![small_ip(slot)];
+                    p.terminated = done;
+                    Some((key, Some(p)))
+                }
+                SmallOp::Add(ns, labels, slot, created) => {
+                    let mut p = Pod::new(NAMESPACES[ns], &format!("new{k}"), labels);
+                    p.ips = vec![small_ip(slot)];
+                    p.created = created;
+                    p.node = Some("node-a".to_owned());
+                    Some(((p.namespace.clone(), p.name.clone()), Some(p)))
+                }
+                SmallOp::Delete(w) if !keys.is_empty() => Some((pick(w), None)),
+                SmallOp::TakeIp(from, to) if !keys.is_empty() => {
+                    let key = pick(to);
+                    let mut p = cluster.pods[&key].clone();
+                    p.ips.clone_from(&cluster.pods[&pick(from)].ips);
+                    Some((key, Some(p)))
+                }
+                SmallOp::Update(..) | SmallOp::Delete(_) | SmallOp::TakeIp(..) => None,
+            };
+            let Some((key, pod)) = change else { continue };
+            match &pod {
+                Some(p) => cluster.upsert_pod(p.clone()),
+                None => {
+                    cluster.pods.remove(&key);
+                }
+            }
+            if by_event {
+                snap = apply_pod(&snap, &key, pod.clone());
+            }
+            batch.insert(key, pod);
+        }
+        if !by_event {
+            for (key, pod) in shuffled(seed, batch) {
+                snap = apply_pod(&snap, &key, pod);
+            }
+        }
+        let full = Snapshot::compile(&cluster);
+        let diff = first_difference(&all_decisions(&snap, &cluster), &all_decisions(&full, &cluster));
+        prop_assert!(diff.is_none(), "{}", diff.unwrap_or_default());
     }
 }
 
@@ -481,6 +653,8 @@ fn big_pod(i: usize, (ns, labels, host, done): BigPod, moved: bool) -> Pod {
     );
     p.host_network = host;
     p.terminated = done;
+    // Later pods are newer; some have no creation time (manifests).
+    p.created = (!i.is_multiple_of(7)).then(|| i64::try_from(i / 2).unwrap());
     if i.is_multiple_of(3) {
         p.ports = vec![ContainerPort {
             name: Some("http".to_owned()),
@@ -509,6 +683,10 @@ enum Op {
     Add(BigPod),
     /// Delete pod `which`.
     Delete(usize),
+    /// Pod `to` takes pod `from`'s address.
+    TakeIp(usize, usize),
+    /// Add a new pod on the address pod `which` was created with (live, moved or deleted).
+    AddReusing(BigPod, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -517,6 +695,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(w, p, m)| Op::Update(w, p, m)),
         3 => big_pod_parts().prop_map(Op::Add),
         1 => any::<usize>().prop_map(Op::Delete),
+        1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Op::TakeIp(a, b)),
+        1 => (big_pod_parts(), any::<usize>()).prop_map(|(p, w)| Op::AddReusing(p, w)),
     ]
 }
 
@@ -596,41 +776,73 @@ proptest! {
     /// deletions, each applied incrementally, equals a full compile; and the full compile
     /// agrees with the reference evaluator on flows between the probe pods.
     #[test]
-    fn shared_label_sets_and_update_chains(c in big_cluster(), ops in prop::collection::vec(op(), 1..8)) {
+    fn shared_label_sets_and_update_chains(
+        c in big_cluster(),
+        ops in prop::collection::vec(op(), 1..8),
+        seed in any::<u64>(),
+        by_event in any::<bool>(),
+    ) {
         let mut cluster = c.clone();
         let mut snap = Snapshot::compile(&c);
         let mut next_index = c.pods.len();
         let mut probes: Vec<(String, String)> = c.pods.keys().step_by(97).cloned().collect();
+        let mut batch: BTreeMap<(String, String), Option<Pod>> = BTreeMap::new();
         for op in ops {
             let keys: Vec<_> = cluster.pods.keys().cloned().collect();
-            match op {
+            let change = match op {
                 Op::Update(which, parts, moved) if !keys.is_empty() => {
                     let key = keys[which % keys.len()].clone();
                     let i: usize = key.1.trim_start_matches("pod").parse().unwrap();
                     let mut p = big_pod(i, parts, moved);
                     // Keep the pod in its namespace: a key is (namespace, name).
                     p.namespace.clone_from(&key.0);
-                    cluster.upsert_pod(p.clone());
-                    snap = snap.with_pod(p);
-                    probes.push(key);
+                    Some((key, Some(p)))
                 }
                 Op::Add(parts) => {
                     let p = big_pod(next_index, parts, false);
                     next_index += 1;
-                    probes.push((p.namespace.clone(), p.name.clone()));
-                    cluster.upsert_pod(p.clone());
-                    snap = snap.with_pod(p);
+                    Some(((p.namespace.clone(), p.name.clone()), Some(p)))
+                }
+                Op::AddReusing(parts, which) => {
+                    let mut p = big_pod(next_index, parts, false);
+                    next_index += 1;
+                    p.ips = vec![big_ip(which % next_index, false)];
+                    Some(((p.namespace.clone(), p.name.clone()), Some(p)))
+                }
+                Op::TakeIp(from, to) if !keys.is_empty() => {
+                    let key = keys[to % keys.len()].clone();
+                    let mut p = cluster.pods[&key].clone();
+                    p.ips.clone_from(&cluster.pods[&keys[from % keys.len()]].ips);
+                    Some((key, Some(p)))
                 }
                 Op::Delete(which) if !keys.is_empty() => {
-                    let key = keys[which % keys.len()].clone();
-                    cluster.pods.remove(&key);
-                    snap = snap.without_pod(&key.0, &key.1);
+                    Some((keys[which % keys.len()].clone(), None))
                 }
-                Op::Update(..) | Op::Delete(_) => {}
+                Op::Update(..) | Op::Delete(_) | Op::TakeIp(..) => None,
+            };
+            let Some((key, pod)) = change else { continue };
+            match &pod {
+                Some(p) => {
+                    cluster.upsert_pod(p.clone());
+                    probes.push(key.clone());
+                }
+                None => {
+                    cluster.pods.remove(&key);
+                }
+            }
+            if by_event {
+                snap = apply_pod(&snap, &key, pod.clone());
+            }
+            batch.insert(key, pod);
+        }
+        if !by_event {
+            for (key, pod) in shuffled(seed, batch) {
+                snap = apply_pod(&snap, &key, pod);
             }
         }
         let full = Snapshot::compile(&cluster);
-        prop_assert_eq!(probe_decisions(&snap, &cluster, &probes), probe_decisions(&full, &cluster, &probes));
+        let diff = first_difference(&probe_decisions(&snap, &cluster, &probes), &probe_decisions(&full, &cluster, &probes));
+        prop_assert!(diff.is_none(), "{}", diff.unwrap_or_default());
 
         let ends: Vec<End> = probes
             .iter()

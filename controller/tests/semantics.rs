@@ -997,3 +997,92 @@ spec:
     let d = s.authorize(&flow(&s, "fd00:1:0:1::5", "fd00::1:1", Tcp, 80));
     assert_eq!(side(&s, &d.ingress), "denied:a/v6");
 }
+
+/// Who owns an address, after applying pod changes to a snapshot in order; and the
+/// same from a full compile of the final pods.
+fn owners_after(
+    steps: &[(&netward_controller::model::Pod, bool)],
+    ip: std::net::IpAddr,
+) -> (Option<String>, Option<String>) {
+    let mut s = netward_controller::Snapshot::default();
+    let mut c = netward_controller::Cluster::default();
+    for (pod, present) in steps {
+        if *present {
+            s = s.with_pod((*pod).clone());
+            c.upsert_pod((*pod).clone());
+        } else {
+            s = s.without_pod(&pod.namespace, &pod.name);
+            c.pods.remove(&(pod.namespace.clone(), pod.name.clone()));
+        }
+    }
+    let full = netward_controller::Snapshot::compile(&c);
+    let owner =
+        |s: &netward_controller::Snapshot| s.endpoint_for_ip(ip).pod.map(|id| s.pod(id).key());
+    (owner(&s), owner(&full))
+}
+
+#[test]
+fn a_reused_address_belongs_to_the_same_pod_whatever_the_event_order() {
+    use netward_controller::model::Pod;
+    let ip: std::net::IpAddr = "198.18.1.50".parse().unwrap();
+    let pod = |ns: &str, name: &str, created: Option<i64>, terminated: bool| {
+        let mut p = Pod::new(ns, name, Default::default());
+        p.ips = vec![ip];
+        p.created = created;
+        p.terminated = terminated;
+        p
+    };
+    // X held the address; Y, created later, got it after X went away.
+    let x = pod("b", "x", Some(100), false);
+    let y = pod("a", "y", Some(200), false);
+    let y_only = (Some("a/y".to_owned()), Some("a/y".to_owned()));
+    // "delete X after add Y" and "add Y after delete X".
+    assert_eq!(
+        owners_after(&[(&x, true), (&y, true), (&x, false)], ip),
+        y_only
+    );
+    assert_eq!(
+        owners_after(&[(&y, true), (&x, true), (&x, false)], ip),
+        y_only
+    );
+    assert_eq!(
+        owners_after(&[(&x, true), (&x, false), (&y, true)], ip),
+        y_only
+    );
+    // Both still listed (X's deletion not seen yet), in either order: the newer pod.
+    assert_eq!(owners_after(&[(&x, true), (&y, true)], ip), y_only);
+    assert_eq!(owners_after(&[(&y, true), (&x, true)], ip), y_only);
+    // Y goes while X is still listed: X takes the address back.
+    let x_only = (Some("b/x".to_owned()), Some("b/x".to_owned()));
+    assert_eq!(
+        owners_after(&[(&x, true), (&y, true), (&y, false)], ip),
+        x_only
+    );
+    // A terminated pod never owns it, however new.
+    let done = pod("a", "done", Some(300), true);
+    assert_eq!(owners_after(&[(&done, true), (&x, true)], ip), x_only);
+    assert_eq!(owners_after(&[(&x, true), (&done, true)], ip), x_only);
+    // The address moves from X to Y by an update of Y; then X's update drops it.
+    let mut y_elsewhere = y.clone();
+    y_elsewhere.ips = vec!["198.18.1.51".parse().unwrap()];
+    assert_eq!(
+        owners_after(&[(&x, true), (&y_elsewhere, true), (&y, true)], ip),
+        y_only
+    );
+    let mut x_moved = x.clone();
+    x_moved.ips = vec!["198.18.1.52".parse().unwrap()];
+    assert_eq!(
+        owners_after(&[(&y, true), (&x, true), (&x_moved, true)], ip),
+        y_only
+    );
+    // Without creation times (manifests), the first by namespace/name.
+    let (p, q) = (pod("b", "p", None, false), pod("a", "q", None, false));
+    let q_only = (Some("a/q".to_owned()), Some("a/q".to_owned()));
+    assert_eq!(owners_after(&[(&p, true), (&q, true)], ip), q_only);
+    assert_eq!(owners_after(&[(&q, true), (&p, true)], ip), q_only);
+    // Nobody left: nobody owns it.
+    assert_eq!(
+        owners_after(&[(&x, true), (&y, true), (&y, false), (&x, false)], ip),
+        (None, None)
+    );
+}
