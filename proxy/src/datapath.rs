@@ -772,13 +772,8 @@ fn revoke_flows(policy: &NodePolicy, snap: &Arc<Snapshot>, own_zone: u16) -> usi
     let mut revoked = 0;
     for e in entries.iter().filter(|e| e.zone != own_zone) {
         // The decision was made after any DNAT: the destination is the reply's source.
-        let protocol = match e.protocol {
-            17 => Protocol::Udp,
-            132 => Protocol::Sctp,
-            _ => continue,
-        };
         let key = FlowKey {
-            protocol,
+            protocol: Protocol::from_ip_number(e.protocol),
             src: e.orig_src,
             dst: e.reply_src,
         };

@@ -13,6 +13,8 @@ use thiserror::Error;
 /// IP protocol numbers this parser reads ports from, or skips over.
 mod proto {
     pub(super) const HOP_BY_HOP: u8 = 0;
+    pub(super) const ICMP: u8 = 1;
+    pub(super) const ICMPV6: u8 = 58;
     pub(super) const TCP: u8 = 6;
     pub(super) const UDP: u8 = 17;
     pub(super) const ROUTING: u8 = 43;
@@ -52,8 +54,9 @@ pub enum ParseError {
     /// A fragment after the first: it has no transport header to read ports from.
     #[error("non-first fragment at offset {0} has no transport header")]
     Fragment(u16),
-    /// Not TCP, UDP or SCTP (ICMP, ESP, "no next header", ...).
-    #[error("unsupported ip protocol {0}: only tcp, udp and sctp flows are queued")]
+    /// An IP protocol this parser refuses (kept for compatibility; every protocol
+    /// number is read today, those without ports with port 0).
+    #[error("unsupported ip protocol {0}")]
     Protocol(u8),
     /// A chain of IPv6 extension headers longer than any real packet's.
     #[error("more than {MAX_EXTENSION_HEADERS} ipv6 extension headers")]
@@ -81,7 +84,8 @@ impl fmt::Display for FlowKey {
     }
 }
 
-/// Reads the flow of an IPv4 or IPv6 packet with a TCP, UDP or SCTP header.
+/// Reads the flow of an IPv4 or IPv6 packet: TCP, UDP or SCTP ports; ICMP/ICMPv6 with
+/// the echo identifier as the source port; any other protocol without ports.
 ///
 /// IPv6 hop-by-hop, routing, destination options, fragment (first fragment
 /// only) and authentication headers are skipped. Everything else is an error.
@@ -160,13 +164,29 @@ fn parse_v6(p: &[u8]) -> Result<FlowKey> {
     Err(ParseError::TooManyExtensions)
 }
 
-/// Reads the ports of the transport header at `offset`, which must be complete.
+/// Reads the ports of the transport header at `offset`, which must be complete. ICMP and
+/// ICMPv6 have no ports: the echo identifier stands for the source port (as conntrack
+/// keys echo flows), and the destination port is 0. Other IP protocols have neither.
 fn transport(p: &[u8], offset: usize, protocol: u8, src: IpAddr, dst: IpAddr) -> Result<FlowKey> {
     let (protocol, header, min_len) = match protocol {
         proto::TCP => (Protocol::Tcp, "tcp", 20),
         proto::UDP => (Protocol::Udp, "udp", 8),
         proto::SCTP => (Protocol::Sctp, "sctp", 12),
-        other => return Err(ParseError::Protocol(other)),
+        proto::ICMP | proto::ICMPV6 => {
+            let [_kind, _code, _c0, _c1, id0, id1] = bytes(p, offset, "icmp")?;
+            return Ok(FlowKey {
+                protocol: Protocol::Other(protocol),
+                src: SocketAddr::new(src, u16::from_be_bytes([id0, id1])),
+                dst: SocketAddr::new(dst, 0),
+            });
+        }
+        other => {
+            return Ok(FlowKey {
+                protocol: Protocol::from_ip_number(other),
+                src: SocketAddr::new(src, 0),
+                dst: SocketAddr::new(dst, 0),
+            });
+        }
     };
     let need = offset + min_len;
     if p.len() < need {
@@ -393,23 +413,29 @@ mod tests {
     }
 
     #[test]
-    fn other_protocols_are_errors() {
+    fn icmp_echo_and_other_protocols_are_flows_without_ports() {
         let icmp = v4(
             1,
             [198, 18, 1, 2],
             [198, 18, 2, 2],
-            &[8, 0, 0, 0, 0, 1, 0, 1],
+            &[8, 0, 0, 0, 0x12, 0x34, 0, 1],
         );
-        assert_eq!(parse_packet(&icmp).unwrap_err(), ParseError::Protocol(1));
-        let icmp6 = v6(58, A6, B6, &[128, 0, 0, 0, 0, 1, 0, 1]);
-        assert_eq!(parse_packet(&icmp6).unwrap_err(), ParseError::Protocol(58));
+        let k = parse_packet(&icmp).unwrap();
+        assert_eq!(k.protocol, Protocol::Other(1));
+        assert_eq!((k.src.port(), k.dst.port()), (0x1234, 0), "echo id as the source port");
+        let icmp6 = v6(58, A6, B6, &[128, 0, 0, 0, 0, 7, 0, 1]);
+        let k = parse_packet(&icmp6).unwrap();
+        assert_eq!((k.protocol, k.src.port()), (Protocol::Other(58), 7));
+        let truncated = v4(1, [198, 18, 1, 2], [198, 18, 2, 2], &[8, 0, 0]);
+        assert!(matches!(
+            parse_packet(&truncated).unwrap_err(),
+            ParseError::Truncated { header: "icmp", .. }
+        ));
         let esp = v6(50, A6, B6, &[0; 16]);
-        assert_eq!(parse_packet(&esp).unwrap_err(), ParseError::Protocol(50));
+        let k = parse_packet(&esp).unwrap();
+        assert_eq!((k.protocol, k.src.port(), k.dst.port()), (Protocol::Other(50), 0, 0));
         let no_next = v6(0, A6, B6, &[59, 0, 1, 4, 0, 0, 0, 0]);
-        assert_eq!(
-            parse_packet(&no_next).unwrap_err(),
-            ParseError::Protocol(59)
-        );
+        assert_eq!(parse_packet(&no_next).unwrap().protocol, Protocol::Other(59));
     }
 
     #[test]
