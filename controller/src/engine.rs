@@ -48,9 +48,10 @@ pub struct Flow {
     pub src: Endpoint,
     /// The server (the backend pod for a Service).
     pub dst: Endpoint,
-    /// Transport protocol.
+    /// IP protocol: TCP, UDP, SCTP, or any other (ICMP, ...), which only rules
+    /// without `ports` match.
     pub protocol: Protocol,
-    /// Destination port (after DNAT).
+    /// Destination port (after DNAT); 0 for a protocol without ports (it is ignored).
     pub port: u16,
     /// Plaintext or through the tunnel (only strict-mTLS namespaces care).
     pub transport: Transport,
@@ -236,7 +237,16 @@ impl Snapshot {
     }
 
     /// Decides a flow. This is the only policy evaluation in netward.
+    ///
+    /// A protocol other than TCP, UDP and SCTP (ICMP, ICMPv6, GRE, ...) is decided as
+    /// Calico and Cilium do: only rules without `ports` match it, so an isolated pod's
+    /// such traffic is denied unless a portless rule allows its peer; the exemptions
+    /// (self, own node) still apply.
     pub fn authorize(&self, flow: &Flow) -> Decision {
+        let flow = &Flow {
+            protocol: flow.protocol.canonical(),
+            ..*flow
+        };
         if self.is_self(flow) {
             let side = Side::Exempt(Exemption::SelfTraffic);
             return Decision {
@@ -271,6 +281,10 @@ impl Snapshot {
 
     /// Decides a flow and traces every isolating policy's rules, for `explain`.
     pub fn explain(&self, flow: &Flow) -> Explanation {
+        let flow = &Flow {
+            protocol: flow.protocol.canonical(),
+            ..*flow
+        };
         let decision = self.authorize(flow);
         let mut egress = Vec::new();
         let mut ingress = Vec::new();
@@ -495,6 +509,8 @@ impl Snapshot {
 }
 
 /// Whether a rule's `ports` match the flow. Named ports resolve against `port_pod`.
+/// A rule without ports matches every protocol; one with ports never matches a
+/// protocol that has none (ICMP, ...).
 #[inline]
 fn port_matches_flow(
     rule: &crate::model::Rule,
@@ -505,6 +521,9 @@ fn port_matches_flow(
     let Some(ports) = &rule.ports else {
         return true;
     };
+    if !flow.protocol.has_ports() {
+        return false;
+    }
     ports.iter().any(|pm| {
         pm.protocol == flow.protocol
             && match &pm.port {

@@ -31,9 +31,14 @@ pub const MODE_KEY: &str = "netward.io/mode";
 /// `permissive` or `strict`.
 pub const MTLS_KEY: &str = "netward.io/mtls";
 
-/// A transport protocol a NetworkPolicy port can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
+/// The IP protocol of a flow: one of the three a NetworkPolicy port can name, or any
+/// other (ICMP, ICMPv6, GRE, ...), which only rules without `ports` match.
+///
+/// Build it from a packet with [`Protocol::from_ip_number`]: [`Protocol::Other`] never
+/// holds 6, 17 or 132 when it comes from there, and the engine treats one that does as
+/// the named protocol. Policies and container ports never name `Other` (their
+/// validation accepts TCP, UDP and SCTP only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     /// TCP, the API's default.
     Tcp,
@@ -41,28 +46,123 @@ pub enum Protocol {
     Udp,
     /// SCTP.
     Sctp,
+    /// Any other IP protocol, by its IANA number (1 ICMP, 58 ICMPv6, 47 GRE, ...).
+    Other(u8),
 }
 
+/// IANA keywords for the other protocols worth naming; the rest are `IP-<number>`.
+const NAMED: &[(u8, &str)] = &[
+    (1, "ICMP"),
+    (2, "IGMP"),
+    (4, "IPIP"),
+    (41, "IPv6"),
+    (47, "GRE"),
+    (50, "ESP"),
+    (51, "AH"),
+    (58, "ICMPv6"),
+    (89, "OSPF"),
+    (103, "PIM"),
+    (112, "VRRP"),
+    (115, "L2TP"),
+    (136, "UDPLite"),
+];
+
+/// `IP-<n>` for every protocol number, as static text: (bytes, length).
+static GENERIC_NAMES: [([u8; 6], usize); 256] = {
+    let mut table = [([0u8; 6], 0usize); 256];
+    let mut n = 0;
+    while n < 256 {
+        let mut b = *b"IP-\0\0\0";
+        let mut len = 3;
+        if n >= 100 {
+            b[len] = b'0' + (n / 100) as u8;
+            len += 1;
+        }
+        if n >= 10 {
+            b[len] = b'0' + (n / 10 % 10) as u8;
+            len += 1;
+        }
+        b[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        table[n] = (b, len);
+        n += 1;
+    }
+    table
+};
+
 impl Protocol {
-    /// Every protocol, in a stable order.
+    /// The three protocols a NetworkPolicy can name, in a stable order.
     pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
-    /// Parses the API's spelling (`TCP`, `UDP`, `SCTP`; case-insensitive for CLI use).
-    pub fn parse(s: &str) -> Option<Protocol> {
-        match s.to_ascii_uppercase().as_str() {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
+    /// The protocol for an IP protocol number (IPv4 `protocol`, IPv6 next header).
+    pub fn from_ip_number(n: u8) -> Protocol {
+        match n {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            132 => Protocol::Sctp,
+            other => Protocol::Other(other),
         }
     }
 
-    /// The API's spelling.
-    pub fn as_str(self) -> &'static str {
+    /// The IP protocol number.
+    pub fn ip_number(self) -> u8 {
         match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+            Protocol::Other(n) => n,
+        }
+    }
+
+    /// The same protocol, with an `Other` that holds 6, 17 or 132 turned into its name.
+    pub fn canonical(self) -> Protocol {
+        Protocol::from_ip_number(self.ip_number())
+    }
+
+    /// Whether the protocol has ports a NetworkPolicy can name (TCP, UDP, SCTP).
+    pub fn has_ports(self) -> bool {
+        !matches!(self.canonical(), Protocol::Other(_))
+    }
+
+    /// Parses a name for CLI use, case-insensitively: the API's `TCP`, `UDP`, `SCTP`,
+    /// and every name [`Protocol::as_str`] gives (`ICMP`, `ICMPv6`, `GRE`, `IP-<n>`, ...).
+    pub fn parse(s: &str) -> Option<Protocol> {
+        let upper = s.to_ascii_uppercase();
+        match upper.as_str() {
+            "TCP" => return Some(Protocol::Tcp),
+            "UDP" => return Some(Protocol::Udp),
+            "SCTP" => return Some(Protocol::Sctp),
+            _ => {}
+        }
+        if let Some((n, _)) = NAMED.iter().find(|(_, name)| name.eq_ignore_ascii_case(s)) {
+            return Some(Protocol::from_ip_number(*n));
+        }
+        let digits = upper.strip_prefix("IP-")?;
+        if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<u8>().ok().map(Protocol::from_ip_number)
+    }
+
+    /// The name the API, the audit log and `explain` use: `TCP`, `UDP`, `SCTP`; for other
+    /// protocols the IANA keyword where one is well known (`ICMP` for 1, `ICMPv6` for 58,
+    /// `GRE` for 47, ...), else `IP-<number>` (`IP-253`). Stable: it never changes for a
+    /// number once released.
+    pub fn as_str(self) -> &'static str {
+        match self.canonical() {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
+            Protocol::Other(n) => {
+                if let Some((_, name)) = NAMED.iter().find(|(k, _)| *k == n) {
+                    return name;
+                }
+                let (bytes, len) = &GENERIC_NAMES[usize::from(n)];
+                bytes
+                    .get(..*len)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .unwrap_or("IP")
+            }
         }
     }
 }
@@ -70,6 +170,12 @@ impl Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

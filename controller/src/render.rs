@@ -147,11 +147,8 @@ pub fn explain_text(snap: &Snapshot, from: &str, to: &str, flow: &Flow, e: &Expl
         Verdict::Deny => "DENIED",
         Verdict::AuditAllow => "ALLOWED (audit mode: would be denied)",
     };
-    let _ = writeln!(
-        out,
-        "{from} -> {to} {}/{}: {verdict}",
-        flow.protocol, flow.port
-    );
+    let what = flow_label(flow.protocol, flow.port);
+    let _ = writeln!(out, "{from} -> {to} {what}: {verdict}");
     for (dir, side, traces) in [
         (Direction::Egress, &report.egress, &e.egress),
         (Direction::Ingress, &report.ingress, &e.ingress),
@@ -201,10 +198,10 @@ pub fn explain_text(snap: &Snapshot, from: &str, to: &str, flow: &Flow, e: &Expl
                         "no match: {} is none of these peers",
                         if dir == Direction::Ingress { from } else { to }
                     ),
-                    (true, false) => format!(
-                        "no match: {}/{} is not in {ports}",
-                        flow.protocol, flow.port
-                    ),
+                    (true, false) if !flow.protocol.has_ports() => {
+                        format!("no match: a rule with ports never matches {what}")
+                    }
+                    (true, false) => format!("no match: {what} is not in {ports}"),
                     (false, false) => "no match: neither peer nor port".to_owned(),
                 };
                 let _ = writeln!(out, "      {dir}[{}] {peers} on {ports}: {status}", r.index);
@@ -255,8 +252,8 @@ pub fn matrix_table(m: &Matrix) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}/{} (rows: from, columns: to; . allowed, X denied)",
-        m.protocol, m.port
+        "{} (rows: from, columns: to; . allowed, X denied)",
+        flow_label(m.protocol, m.port)
     );
     let width = m.pods.iter().map(String::len).max().unwrap_or(0);
     for (j, p) in m.pods.iter().enumerate() {
@@ -275,5 +272,14 @@ pub fn matrix_table(m: &Matrix) -> String {
 impl fmt::Display for RuleRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}[{}]", self.policy, self.rule)
+    }
+}
+
+/// `TCP/80`, or just `ICMP` for a protocol without ports.
+fn flow_label(protocol: crate::model::Protocol, port: u16) -> String {
+    if protocol.has_ports() {
+        format!("{protocol}/{port}")
+    } else {
+        protocol.to_string()
     }
 }

@@ -89,6 +89,11 @@ fn ref_port_ok(
     let Some(ports) = &rule.ports else {
         return true;
     };
+    // Only TCP, UDP and SCTP have ports; a rule that lists ports matches nothing else
+    // (ICMP, ...), as Calico and Cilium do.
+    if !matches!(proto, Protocol::Tcp | Protocol::Udp | Protocol::Sctp) {
+        return false;
+    }
     ports.iter().any(|pm| {
         pm.protocol == proto
             && match &pm.port {
@@ -165,6 +170,17 @@ const NAMESPACES: [&str; 3] = ["n0", "n1", "n2"];
 const KEYS: [&str; 3] = ["app", "tier", "env"];
 const VALUES: [&str; 3] = ["x", "y", "z"];
 const PORTS: [u16; 4] = [53, 80, 81, 8080];
+/// ICMP: a protocol without ports.
+const ICMP: Protocol = Protocol::Other(1);
+
+/// Every (protocol, port) the small tests decide: the API protocols on every port, and
+/// ICMP (port 0).
+fn proto_ports() -> impl Iterator<Item = (Protocol, u16)> {
+    Protocol::ALL
+        .into_iter()
+        .flat_map(|p| PORTS.map(move |port| (p, port)))
+        .chain([(ICMP, 0)])
+}
 
 fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
     prop::collection::btree_map(
@@ -416,20 +432,18 @@ fn all_decisions(s: &Snapshot, c: &Cluster) -> Vec<(String, bool)> {
     }
     for a in ends(c) {
         for b in ends(c) {
-            for proto in Protocol::ALL {
-                for port in PORTS {
-                    let f = Flow {
-                        src: endpoint(s, &a),
-                        dst: endpoint(s, &b),
-                        protocol: proto,
-                        port,
-                        transport: Transport::Plaintext,
-                    };
-                    out.push((
-                        format!("{a:?} -> {b:?} {proto}/{port}"),
-                        s.authorize(&f).allowed(),
-                    ));
-                }
+            for (proto, port) in proto_ports() {
+                let f = Flow {
+                    src: endpoint(s, &a),
+                    dst: endpoint(s, &b),
+                    protocol: proto,
+                    port,
+                    transport: Transport::Plaintext,
+                };
+                out.push((
+                    format!("{a:?} -> {b:?} {proto}/{port}"),
+                    s.authorize(&f).allowed(),
+                ));
             }
         }
     }
@@ -513,13 +527,11 @@ proptest! {
         let s = Snapshot::compile(&c);
         for a in ends(&c) {
             for b in ends(&c) {
-                for proto in Protocol::ALL {
-                    for port in PORTS {
-                        let f = Flow { src: endpoint(&s, &a), dst: endpoint(&s, &b), protocol: proto, port, transport: Transport::Plaintext };
-                        let got = s.authorize(&f).allowed();
-                        let want = reference(&c, &a, &b, proto, port);
-                        prop_assert_eq!(got, want, "{:?} -> {:?} {}/{}: engine {:?}", a, b, proto, port, s.authorize(&f));
-                    }
+                for (proto, port) in proto_ports() {
+                    let f = Flow { src: endpoint(&s, &a), dst: endpoint(&s, &b), protocol: proto, port, transport: Transport::Plaintext };
+                    let got = s.authorize(&f).allowed();
+                    let want = reference(&c, &a, &b, proto, port);
+                    prop_assert_eq!(got, want, "{:?} -> {:?} {}/{}: engine {:?}", a, b, proto, port, s.authorize(&f));
                 }
             }
         }
@@ -731,7 +743,7 @@ fn probe_decisions(s: &Snapshot, c: &Cluster, probes: &[(String, String)]) -> Ve
     for k in c.pods.keys() {
         for p in probes.iter().filter(|p| c.pods.contains_key(*p)) {
             for (a, b) in [(k, p), (p, k)] {
-                for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53)] {
+                for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53), (ICMP, 0)] {
                     let f = Flow {
                         src: ep(a),
                         dst: ep(b),
@@ -851,7 +863,7 @@ proptest! {
             .collect();
         for a in &ends {
             for b in &ends {
-                for (proto, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53), (Protocol::Tcp, 8080)] {
+                for (proto, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 53), (Protocol::Tcp, 8080), (ICMP, 0)] {
                     let f = Flow { src: endpoint(&full, a), dst: endpoint(&full, b), protocol: proto, port, transport: Transport::Plaintext };
                     prop_assert_eq!(full.authorize(&f).allowed(), reference(&cluster, a, b, proto, port), "{:?} -> {:?} {}/{}", a, b, proto, port);
                 }

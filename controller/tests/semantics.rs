@@ -7,6 +7,12 @@ mod common;
 use common::{flow, side, snap};
 use netward_controller::Protocol::{self, Sctp, Tcp, Udp};
 
+/// ICMP and ICMPv6: protocols without ports, which only rules without `ports` match.
+const ICMP: Protocol = Protocol::Other(1);
+const ICMP6: Protocol = Protocol::Other(58);
+/// GRE, for "any other protocol".
+const GRE: Protocol = Protocol::Other(47);
+
 struct Case {
     name: &'static str,
     policies: &'static str,
@@ -876,6 +882,199 @@ spec:
             ),
         ],
     },
+    Case {
+        name: "other protocols (ICMP, GRE): not isolated, allowed",
+        policies: "",
+        checks: &[
+            ("a/client", "a/web", ICMP, 0, "not-isolated", "not-isolated"),
+            ("b/other", "c/x", GRE, 0, "not-isolated", "not-isolated"),
+            ("198.19.0.1", "a/web", ICMP6, 0, "not-pod", "not-isolated"),
+        ],
+    },
+    Case {
+        name: "other protocols: a rule without ports allows them from its peers",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-clients, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: client}}}]}]
+"#,
+        checks: &[
+            (
+                "a/client",
+                "a/web",
+                ICMP,
+                0,
+                "not-isolated",
+                "allowed:a/from-clients[0]",
+            ),
+            (
+                "a/client",
+                "a/web",
+                GRE,
+                0,
+                "not-isolated",
+                "allowed:a/from-clients[0]",
+            ),
+            // Not a peer of the rule: denied, as TCP would be.
+            (
+                "a/db",
+                "a/web",
+                ICMP,
+                0,
+                "not-isolated",
+                "denied:a/from-clients",
+            ),
+            (
+                "a/db",
+                "a/web",
+                Tcp,
+                80,
+                "not-isolated",
+                "denied:a/from-clients",
+            ),
+        ],
+    },
+    Case {
+        name: "other protocols: rules with ports never match them, so an isolated pod denies them",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: http-only, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - from: [{podSelector: {}}]
+      ports: [{port: 80}, {protocol: UDP}, {protocol: SCTP}, {port: http}]
+  egress:
+    - ports: [{protocol: TCP}, {protocol: UDP, port: 53}]
+"#,
+        checks: &[
+            (
+                "a/client",
+                "a/web",
+                Tcp,
+                80,
+                "not-isolated",
+                "allowed:a/http-only[0]",
+            ),
+            (
+                "a/client",
+                "a/web",
+                ICMP,
+                0,
+                "not-isolated",
+                "denied:a/http-only",
+            ),
+            // Whatever port the caller passes, a protocol without ports matches no port.
+            (
+                "a/client",
+                "a/web",
+                ICMP,
+                80,
+                "not-isolated",
+                "denied:a/http-only",
+            ),
+            (
+                "a/client",
+                "a/web",
+                ICMP6,
+                0,
+                "not-isolated",
+                "denied:a/http-only",
+            ),
+            (
+                "a/web",
+                "b/other",
+                ICMP,
+                0,
+                "denied:a/http-only",
+                "not-isolated",
+            ),
+            (
+                "a/web",
+                "b/other",
+                Tcp,
+                443,
+                "allowed:a/http-only[0]",
+                "not-isolated",
+            ),
+            // Exemptions still apply: the pod itself, and its own node.
+            (
+                "a/web",
+                "a/web",
+                ICMP,
+                0,
+                "exempt:self-traffic",
+                "exempt:self-traffic",
+            ),
+            (
+                "198.18.0.1",
+                "a/web",
+                ICMP,
+                0,
+                "not-pod",
+                "exempt:from-own-node",
+            ),
+            (
+                "198.18.0.2",
+                "a/web",
+                ICMP,
+                0,
+                "not-pod",
+                "denied:a/http-only",
+            ),
+        ],
+    },
+    Case {
+        name: "other protocols: a default deny denies them; allow-all allows them",
+        policies: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: b}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all, namespace: c}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress: [{}]
+  egress: [{}]
+"#,
+        checks: &[
+            (
+                "b/client",
+                "b/other",
+                ICMP,
+                0,
+                "denied:b/deny-all",
+                "denied:b/deny-all",
+            ),
+            (
+                "c/x",
+                "a/web",
+                ICMP,
+                0,
+                "allowed:c/allow-all[0]",
+                "not-isolated",
+            ),
+            (
+                "a/web",
+                "c/x",
+                GRE,
+                0,
+                "not-isolated",
+                "allowed:c/allow-all[0]",
+            ),
+        ],
+    },
 ];
 
 #[test]
@@ -1084,5 +1283,65 @@ fn a_reused_address_belongs_to_the_same_pod_whatever_the_event_order() {
     assert_eq!(
         owners_after(&[(&x, true), (&y, true), (&y, false), (&x, false)], ip),
         (None, None)
+    );
+}
+
+#[test]
+fn protocols_without_ports_have_stable_names_and_explain_says_why() {
+    use netward_controller::render::explain_text;
+    assert_eq!(Protocol::from_ip_number(6), Tcp);
+    assert_eq!(Protocol::from_ip_number(17), Udp);
+    assert_eq!(Protocol::from_ip_number(132), Sctp);
+    assert_eq!(Protocol::from_ip_number(1), ICMP);
+    for n in 0..=255u8 {
+        let p = Protocol::from_ip_number(n);
+        assert_eq!(p.ip_number(), n);
+        // The name parses back (the CLI's --protocol), whatever its case.
+        assert_eq!(Protocol::parse(p.as_str()), Some(p), "{p}");
+        assert_eq!(Protocol::parse(&p.as_str().to_lowercase()), Some(p), "{p}");
+    }
+    assert_eq!(ICMP.as_str(), "ICMP");
+    assert_eq!(ICMP6.as_str(), "ICMPv6");
+    assert_eq!(GRE.to_string(), "GRE");
+    assert_eq!(Protocol::Other(253).as_str(), "IP-253");
+    assert_eq!(Protocol::Other(0).as_str(), "IP-0");
+    assert_eq!(serde_json::to_value(ICMP6).unwrap(), "ICMPv6");
+    assert_eq!(serde_json::to_value(Tcp).unwrap(), "TCP");
+    for bad in ["", "IP-", "IP-256", "IP-1x", "IP-0001", "ICMP4"] {
+        assert_eq!(Protocol::parse(bad), None, "{bad:?}");
+    }
+    // An Other that holds a named protocol's number is that protocol.
+    assert_eq!(Protocol::Other(6).as_str(), "TCP");
+    assert!(!ICMP.has_ports() && Tcp.has_ports() && Protocol::Other(17).has_ports());
+
+    let s = snap(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: http-only, namespace: a}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: 80}]}, {from: [{podSelector: {matchLabels: {app: db}}}]}]
+"#,
+    );
+    let f = flow(&s, "a/client", "a/web", ICMP, 0);
+    let text = explain_text(&s, "a/client", "a/web", &f, &s.explain(&f));
+    assert!(text.starts_with("a/client -> a/web ICMP: DENIED"), "{text}");
+    assert!(
+        text.contains(
+            "ingress[0] from anywhere on TCP/80: no match: a rule with ports never matches ICMP"
+        ),
+        "{text}"
+    );
+    // The same pair on TCP/80, and ICMP from the portless rule's peer, are allowed.
+    assert!(
+        s.authorize(&flow(&s, "a/client", "a/web", Tcp, 80))
+            .allowed()
+    );
+    assert!(s.authorize(&flow(&s, "a/db", "a/web", ICMP, 0)).allowed());
+    // A non-canonical Other(6) is TCP: the TCP rule matches it.
+    assert!(
+        s.authorize(&flow(&s, "a/client", "a/web", Protocol::Other(6), 80))
+            .allowed()
     );
 }

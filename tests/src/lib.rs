@@ -114,7 +114,8 @@ impl Lab {
                 match cp.protocol {
                     netward_controller::Protocol::Tcp => ports.tcp.push(cp.port),
                     netward_controller::Protocol::Udp => ports.udp.push(cp.port),
-                    netward_controller::Protocol::Sctp => {}
+                    netward_controller::Protocol::Sctp | netward_controller::Protocol::Other(_) => {
+                    }
                 }
             }
             for (key, tcp, port) in extra {
