@@ -422,7 +422,11 @@ mod tests {
         );
         let k = parse_packet(&icmp).unwrap();
         assert_eq!(k.protocol, Protocol::Other(1));
-        assert_eq!((k.src.port(), k.dst.port()), (0x1234, 0), "echo id as the source port");
+        assert_eq!(
+            (k.src.port(), k.dst.port()),
+            (0x1234, 0),
+            "echo id as the source port"
+        );
         let icmp6 = v6(58, A6, B6, &[128, 0, 0, 0, 0, 7, 0, 1]);
         let k = parse_packet(&icmp6).unwrap();
         assert_eq!((k.protocol, k.src.port()), (Protocol::Other(58), 7));
@@ -433,9 +437,15 @@ mod tests {
         ));
         let esp = v6(50, A6, B6, &[0; 16]);
         let k = parse_packet(&esp).unwrap();
-        assert_eq!((k.protocol, k.src.port(), k.dst.port()), (Protocol::Other(50), 0, 0));
+        assert_eq!(
+            (k.protocol, k.src.port(), k.dst.port()),
+            (Protocol::Other(50), 0, 0)
+        );
         let no_next = v6(0, A6, B6, &[59, 0, 1, 4, 0, 0, 0, 0]);
-        assert_eq!(parse_packet(&no_next).unwrap().protocol, Protocol::Other(59));
+        assert_eq!(
+            parse_packet(&no_next).unwrap().protocol,
+            Protocol::Other(59)
+        );
     }
 
     #[test]

@@ -243,7 +243,7 @@ impl Proxy {
                 ruleset.set_local(
                     [SERVER_IP, CLIENT_IP]
                         .iter()
-                        .filter_map(|ip| ip.parse().ok()),
+                        .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok()),
                 );
                 let runner = CommandRunner::new()
                     .in_netns(env.node.name())

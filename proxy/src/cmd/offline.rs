@@ -75,7 +75,7 @@ pub(crate) enum Via {
 }
 
 pub(crate) fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    Protocol::parse(s).ok_or_else(|| format!("unknown protocol {s:?}: expected TCP, UDP or SCTP"))
+    Protocol::parse(s).ok_or_else(|| format!("unknown protocol {s:?}: expected TCP, UDP, SCTP, ICMP, ICMPv6 or another IP protocol name"))
 }
 
 /// Loads manifests and compiles them; any error in the input is fatal here.
