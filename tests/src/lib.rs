@@ -475,3 +475,40 @@ pub fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> D
 
 /// The standard probe timeout: long enough for a verdict, short enough for many probes.
 pub const PROBE: Duration = Duration::from_millis(1500);
+
+/// Two nodes: `x/client` on node-a, `x/server` (ports 80, 81) on node-b, and a Service.
+pub const TWO_NODES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: x, labels: {app: client}}
+spec: {nodeName: node-a, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 198.18.1.10}, {ip: "fd00::1:10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: server, namespace: x, labels: {app: server}}
+spec: {nodeName: node-b, containers: [{name: c, image: i, ports: [{containerPort: 80}, {containerPort: 81}]}]}
+status: {podIPs: [{ip: 198.18.2.10}, {ip: "fd00::2:10"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: x}
+spec:
+  selector: {app: server}
+  clusterIPs: [198.19.0.50, "fd00::ffff:0:50"]
+  ports: [{port: 8080, targetPort: 80}]
+"#;
+
+/// `x/server` admits port 80 only.
+pub const SERVER_ONLY_80: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: server-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: server}}
+  ingress: [{ports: [{port: 80}]}]
+"#;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use netward_e2e::{Lab, PROBE, admin_get, eventually, root};
+use netward_e2e::{Lab, PROBE, SERVER_ONLY_80, TWO_NODES, admin_get, eventually, root};
 use netward_proxy::lab::probe::{self, Outcome};
 use netward_proxy::lab::servers::{PodServers, Ports};
 
@@ -190,33 +190,6 @@ fn a_closed_port_is_refused_not_opened_then_reset() {
         "{line}"
     );
 }
-
-const TWO_NODES: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: x, labels: {app: client}}
-spec: {nodeName: node-a, containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 198.18.1.10}, {ip: "fd00::1:10"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: x, labels: {app: server}}
-spec: {nodeName: node-b, containers: [{name: c, image: i, ports: [{containerPort: 80}, {containerPort: 81}]}]}
-status: {podIPs: [{ip: 198.18.2.10}, {ip: "fd00::2:10"}]}
-"#;
-
-const SERVER_ONLY_80: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: server-80, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: server}}
-  ingress: [{ports: [{port: 80}]}]
-"#;
 
 /// Point 2, two nodes: node A has no policy (a stale view, or no netward at all), node B
 /// denies port 81. The client must see what B's drop means, a connect that never

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use netward_e2e::{Lab, PROBE, netward_bin, root};
+use netward_e2e::{Lab, PROBE, SERVER_ONLY_80, TWO_NODES, netward_bin, root};
 use netward_proxy::lab::probe::Outcome;
 
 fn lab(args: &[&str]) -> (bool, String) {
@@ -76,41 +76,6 @@ fn lab_exits_1_naming_cells_that_differ() {
         "{out}"
     );
 }
-
-const TWO_NODES: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: x}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: x, labels: {app: client}}
-spec: {nodeName: node-a, containers: [{name: c, image: i}]}
-status: {podIPs: [{ip: 198.18.1.10}, {ip: "fd00::1:10"}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: x, labels: {app: server}}
-spec: {nodeName: node-b, containers: [{name: c, image: i, ports: [{containerPort: 80}, {containerPort: 81}]}]}
-status: {podIPs: [{ip: 198.18.2.10}, {ip: "fd00::2:10"}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: server, namespace: x}
-spec:
-  selector: {app: server}
-  clusterIPs: [198.19.0.50, "fd00::ffff:0:50"]
-  ports: [{port: 8080, targetPort: 80}]
-"#;
-
-const SERVER_ONLY_80: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: server-80, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: server}}
-  ingress: [{ports: [{port: 80}]}]
-"#;
 
 #[test]
 fn across_nodes_source_ip_is_kept_and_services_decide_on_the_backend() {

@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use netward_controller::Cluster;
 use netward_controller::kube::Kind;
 use netward_controller::kube::fake::FakeApi;
-use netward_e2e::{Lab, Netward, root};
+use netward_e2e::{Lab, Netward, eventually, root};
 use netward_proxy::lab::netns::Netns;
 use netward_proxy::lab::probe::Outcome;
 use netward_proxy::lab::topology;
@@ -576,23 +576,7 @@ impl Drop for CleanupRules<'_> {
 /// `GET path` on the admin server, from inside the node namespace: `(status, body)`,
 /// `None` if nothing answers.
 fn admin_get(ns: &Netns, path: &str) -> Option<(u16, String)> {
-    let path = path.to_owned();
-    ns.run(move || {
-        let addr = SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let status = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
-    })
-    .unwrap()
+    netward_e2e::admin_get(ns, ADMIN_PORT, path)
 }
 
 fn status_of(ns: &Netns, path: &str) -> Option<u16> {
@@ -627,16 +611,6 @@ fn metric(scrape: &prometheus_parse::Scrape, name: &str, want: &[(&str, &str)]) 
         let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
         panic!("no sample {name} {want:?} in /metrics; have {names:?}")
     })
-}
-
-/// Polls `f` every 100 ms until it holds; panics with `what` after `limit`.
-fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 const RESOURCES: [&str; 4] = ["namespaces", "nodes", "pods", "networkpolicies"];
