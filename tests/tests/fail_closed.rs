@@ -208,7 +208,7 @@ fn a_denial_at_the_destination_node_looks_like_a_drop_at_the_source() {
         std::fs::copy(lab.dir.path().join(f), stale.path().join(f)).unwrap();
     }
     let a = lab.start_netward_in(0, stale.path(), &[]);
-    let _b = lab.start_netward(1, &[]);
+    let b = lab.start_netward(1, &[]);
     for v6 in [false, true] {
         let (o, _) = lab.connect("x/client", "x/server", 81, v6, PROBE);
         assert_eq!(
@@ -222,12 +222,22 @@ fn a_denial_at_the_destination_node_looks_like_a_drop_at_the_source() {
     }
     let line = audited(&a, &["upstream-timeout"], Duration::from_secs(15));
     assert!(line.contains("\"event\":\"deny\""), "{line}");
+    // Point 6 from another node: node B's transparent listener is not a service either.
+    let (b4, b6) = netward_proxy::lab::topology::node_ips(2);
+    for ip in [IpAddr::V4(b4), IpAddr::V6(b6)] {
+        let addr = SocketAddr::new(ip, 15001);
+        let (o, _) = lab
+            .node()
+            .run(move || probe::tcp_connect(addr, PROBE))
+            .unwrap();
+        assert_eq!(o, Outcome::Refused, "{addr} from node A\n{}", b.log());
+    }
 }
 
 /// Point 3: UDP from a pod to its own node's address is decided (node-local DNS,
-/// hostNetwork services), and an allowed UDP flow is revoked when the policy changes.
+/// hostNetwork services), not only UDP forwarded to other hosts.
 #[test]
-fn udp_to_the_own_node_is_decided_and_allowed_udp_flows_are_revoked() {
+fn udp_to_the_own_node_is_decided() {
     if !root() {
         return;
     }
@@ -254,27 +264,65 @@ fn udp_to_the_own_node_is_decided_and_allowed_udp_flows_are_revoked() {
             "v6={v6}: UDP to the node escaped the policy\n{}",
             nw.log()
         );
+        assert_eq!(
+            lab.udp("t/a", "t/b", 53, v6, PROBE),
+            Outcome::Ok,
+            "v6={v6}\n{}",
+            nw.log()
+        );
     }
-    // One UDP flow (fixed source port): allowed, then revoked by a policy change.
-    let dst = SocketAddr::new(lab.ip("t/b", false), 53);
-    let exchange = || {
-        lab.pod("t/a")
-            .run(move || probe::udp_exchange_from(40001, dst, PROBE))
-            .unwrap()
-    };
-    assert_eq!(exchange(), Outcome::Ok, "{}", nw.log());
-    assert_eq!(exchange(), Outcome::Ok, "{}", nw.log());
+}
+
+/// Point 3: an allowed UDP flow (one 5-tuple, one conntrack entry) is revoked when a new
+/// policy denies it, as TCP connections are: its next packet is decided again.
+#[test]
+fn an_allowed_udp_flow_is_revoked_when_the_policy_changes() {
+    if !root() {
+        return;
+    }
+    let lab = Lab::single_node(&[
+        ("00.yaml", NS_AND_B),
+        ("01.yaml", POD_A),
+        ("10-policy.yaml", EGRESS_ONLY_TO_B),
+    ]);
+    let nw = lab.start_netward(0, &[]);
+    for (v6, port) in [(false, 40001), (true, 40002)] {
+        let dst = SocketAddr::new(lab.ip("t/b", v6), 53);
+        let exchange = || {
+            lab.pod("t/a")
+                .run(move || probe::udp_exchange_from(port, dst, PROBE))
+                .unwrap()
+        };
+        assert_eq!(exchange(), Outcome::Ok, "v6={v6}\n{}", nw.log());
+        assert_eq!(exchange(), Outcome::Ok, "v6={v6}\n{}", nw.log());
+    }
     apply(
         &lab,
         &nw,
         "10-policy.yaml",
         &EGRESS_ONLY_TO_B.replace(", {port: 53, protocol: UDP}", ""),
     );
-    assert_eq!(
-        exchange(),
-        Outcome::Timeout,
-        "the allowed UDP flow was not revoked\n{}",
-        nw.log()
+    for (v6, port) in [(false, 40001), (true, 40002)] {
+        let dst = SocketAddr::new(lab.ip("t/b", v6), 53);
+        let o = lab
+            .pod("t/a")
+            .run(move || probe::udp_exchange_from(port, dst, PROBE))
+            .unwrap();
+        assert_eq!(
+            o,
+            Outcome::Timeout,
+            "v6={v6}: the allowed UDP flow was not revoked\n{}",
+            nw.log()
+        );
+    }
+    let scrape = admin_get(lab.node(), 15021, "/metrics")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("netward_flows_revoked_total") && !l.ends_with(" 0")),
+        "{scrape}"
     );
 }
 
