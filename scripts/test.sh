@@ -16,6 +16,8 @@ echo "== engine benchmark (smoke: each bench once)"
 cargo bench -p netward-controller --bench engine -- --test
 echo "== deploy/ manifests against the Kubernetes schemas"
 ./scripts/validate-deploy.sh
+echo "== supply chain: cargo-deny (licenses, bans, sources)"
+./scripts/deny.sh
 echo "== datapath benchmark (smoke: every path moves the bytes correctly; no speed asserted)"
 cargo build --release -q -p netward-proxy -p netward-datapath-bench --bins
 ./target/release/netward-datapath-bench --smoke

@@ -16,6 +16,7 @@ use netward_proxy::mtls::identity::{
     IdentityError, IssueOptions, NODE_CERT_FILE, NODE_KEY_FILE, TRUST_BUNDLE_FILE, TlsIdentity,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
 use tempfile::TempDir;
@@ -70,15 +71,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn pem_certs(path: &Path) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut fs::read(path).unwrap().as_slice())
+    CertificateDer::pem_slice_iter(&fs::read(path).unwrap())
         .collect::<Result<_, _>>()
         .unwrap()
 }
 
 fn pem_key(path: &Path) -> PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut fs::read(path).unwrap().as_slice())
-        .unwrap()
-        .unwrap()
+    PrivateKeyDer::from_pem_slice(&fs::read(path).unwrap()).unwrap()
 }
 
 fn serial(cert: &CertificateDer<'_>) -> String {

@@ -433,16 +433,13 @@ fn raw_handshake_from_node_a(
     b_addr: SocketAddr,
     with_cert: bool,
 ) -> Result<(), String> {
-    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = rustls_pemfile::certs(
-        &mut std::io::BufReader::new(std::fs::File::open(dir.join("node.pem")).unwrap()),
-    )
-    .collect::<Result<_, _>>()
-    .unwrap();
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(dir.join("node-key.pem")).unwrap(),
-    ))
-    .unwrap()
-    .unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_file_iter(dir.join("node.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("node-key.pem")).unwrap();
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -23,6 +23,7 @@ use rcgen::{
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{
@@ -794,7 +795,7 @@ fn checked_certs_text(path: &Path, pem: &[u8]) -> Result<String> {
 }
 
 fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = rustls_pemfile::certs(&mut &pem[..])
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| IdentityError::BadPem {
             path: path.to_owned(),
@@ -809,14 +810,15 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> 
 }
 
 fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| IdentityError::BadPem {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => IdentityError::NoKey {
+            path: path.to_owned(),
+        },
+        e => IdentityError::BadPem {
             path: path.to_owned(),
             reason: e.to_string(),
-        })?
-        .ok_or_else(|| IdentityError::NoKey {
-            path: path.to_owned(),
-        })
+        },
+    })
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
