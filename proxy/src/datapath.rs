@@ -229,7 +229,7 @@ pub static RETRANSMISSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::At
 
 /// Recently denied 5-tuples: a client retransmits its SYN (Linux: after 1, 3, 7, ... 127 s),
 /// and each retransmission is queued again; it is the same attempt, counted and audited once.
-struct RecentDenials {
+pub(crate) struct RecentDenials {
     map: Mutex<HashMap<(Protocol, SocketAddr, SocketAddr), Instant>>,
 }
 
@@ -244,7 +244,21 @@ impl RecentDenials {
         }
     }
 
-    fn is_retransmission(&self, key: &FlowKey) -> bool {
+    /// Whether `key` was denied within the window (without noting it).
+    pub(crate) fn contains(&self, key: &FlowKey) -> bool {
+        self.map.lock().is_ok_and(|map| {
+            map.get(&(key.protocol, key.src, key.dst))
+                .is_some_and(|t| t.elapsed() < RETRANSMIT_WINDOW)
+        })
+    }
+
+    /// Notes that `key` was denied: its retransmissions are the same attempt.
+    pub(crate) fn note(&self, key: &FlowKey) {
+        let _ = self.is_retransmission(key);
+    }
+
+    /// Whether `key` was denied within the window; notes it if not.
+    pub(crate) fn is_retransmission(&self, key: &FlowKey) -> bool {
         let Ok(mut map) = self.map.lock() else {
             return false;
         };
@@ -641,7 +655,7 @@ async fn serve(
             ready: ready.clone(),
             mesh: mesh.clone(),
             opts: opts.clone(),
-            recent: RecentDenials::new(),
+            recent: Arc::new(RecentDenials::new()),
             held: HeldSet::default(),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -804,7 +818,7 @@ struct Verdicts {
     ready: Arc<Parked<ConnKey, Ready>>,
     mesh: Option<Arc<crate::mesh::Mesh>>,
     opts: Options,
-    recent: RecentDenials,
+    recent: Arc<RecentDenials>,
     held: HeldSet,
     runtime: tokio::runtime::Handle,
 }
@@ -898,10 +912,15 @@ impl Verdicts {
                 // A retransmitted SYN: the first one is held and will be answered.
                 return Action::Drop;
             }
+            if self.recent.contains(key) {
+                // The tunnel refused or failed this attempt already: one record, one try.
+                RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+                return self.refuse();
+            }
             let Some(later) = take() else {
                 return Action::Drop;
             };
-            mesh.start_open(*key, d, route, later, &self.opts);
+            mesh.start_open(*key, d, route, later, &self.opts, self.recent.clone());
             return Action::Defer;
         }
         if key.protocol == Protocol::Tcp {
@@ -1069,7 +1088,7 @@ impl Verdicts {
             "upstream-unreachable"
         });
         // Its retransmissions are this attempt again, not new connects.
-        let _ = self.recent.is_retransmission(&key);
+        self.recent.note(&key);
         later.answer(self.refuse());
         self.audit_deny(&key, d);
     }

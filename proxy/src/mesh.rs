@@ -205,6 +205,7 @@ impl Mesh {
         (peer_node, peer_addr): (String, SocketAddr),
         later: Later,
         opts: &Options,
+        recent: Arc<crate::datapath::RecentDenials>,
     ) {
         if let Ok(mut s) = self.inflight.lock() {
             s.insert((key.src, key.dst));
@@ -246,15 +247,10 @@ impl Mesh {
                 Some(why) => {
                     TUNNEL_STATS.open_failed.fetch_add(1, Ordering::Relaxed);
                     debug!(src.addr = %key.src, dst.addr = %key.dst, peer.node = %peer_node, error = %why, "tunnel stream refused or failed");
+                    // The client's retransmissions are this attempt: not opened or audited again.
+                    recent.note(&key);
                     later.answer(if reject { Action::Reject } else { Action::Drop });
-                    if audit.enabled() {
-                        let mut r = d.audit("deny", &key, None);
-                        r.verdict = "deny".to_owned();
-                        r.mtls = true;
-                        r.peer_node = Some(peer_node);
-                        r.detail = Some(why);
-                        audit.send(audit::Event::Record(Box::new(r)));
-                    }
+                    audit_tunnel_deny(&audit, &d, &key, peer_node, why);
                 }
             }
         });
@@ -403,16 +399,36 @@ pub(crate) struct Ticket {
     peer_node: String,
 }
 
-impl TunnelHandler {
-    fn refuse(&self, d: &NodeDecision, key: &FlowKey, peer_node: &str, why: String) {
-        if self.opts.audit.enabled() {
-            let mut r = d.audit("deny", key, None);
+/// A denial through the tunnel, as a deny event: the audit writer aggregates repeats
+/// (one source's retries) like plaintext denials.
+fn audit_tunnel_deny(
+    audit: &audit::Sink,
+    d: &NodeDecision,
+    key: &FlowKey,
+    peer_node: String,
+    why: String,
+) {
+    if !audit.enabled() {
+        return;
+    }
+    let (d, key) = (d.clone(), *key);
+    audit.send(audit::Event::Deny(audit::Deny {
+        key: (key.protocol, key.src.ip(), key.dst.ip(), key.dst.port()),
+        at: std::time::SystemTime::now(),
+        make: Box::new(move || {
+            let mut r = d.audit("deny", &key, None);
             r.verdict = "deny".to_owned();
             r.mtls = true;
-            r.peer_node = Some(peer_node.to_owned());
+            r.peer_node = Some(peer_node);
             r.detail = Some(why);
-            self.opts.audit.send(audit::Event::Record(Box::new(r)));
-        }
+            r
+        }),
+    }));
+}
+
+impl TunnelHandler {
+    fn refuse(&self, d: &NodeDecision, key: &FlowKey, peer_node: &str, why: String) {
+        audit_tunnel_deny(&self.opts.audit, d, key, peer_node.to_owned(), why);
     }
 }
 
@@ -448,7 +464,7 @@ impl Handler for TunnelHandler {
             },
         };
         if let Err(why) = claim {
-            self.refuse(&d, &key, peer_node, why.clone());
+            self.refuse(&d, &key, peer_node, format!("bad-request: {why}"));
             return Err(Refusal::bad_request(why));
         }
         let dst_local = d
@@ -458,7 +474,7 @@ impl Handler for TunnelHandler {
             .is_some_and(|p| node.is_none_or(|n| snap.pod(p).node.as_deref() == Some(n)));
         if !dst_local {
             let why = format!("destination {} is not a pod on this node", req.dst);
-            self.refuse(&d, &key, peer_node, why.clone());
+            self.refuse(&d, &key, peer_node, format!("bad-request: {why}"));
             return Err(Refusal::bad_request(why));
         }
         if !d.allowed {

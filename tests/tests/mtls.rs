@@ -204,6 +204,40 @@ fn cross_node_traffic_goes_through_the_tunnel_and_policy_still_holds() {
     );
 }
 
+/// A tunnel that cannot be opened (node B advertised, then crashed) denies the client's
+/// connection once: its SYN retransmissions neither open the tunnel again nor write
+/// more records (docs/audit-log.md: one record per denied flow).
+#[test]
+fn a_failed_tunnel_gives_one_record_per_denied_flow() {
+    if !root() {
+        return;
+    }
+    let m = MeshLab::new();
+    let (a, mut b) = m.start_both();
+    assert_eq!(
+        m.lab.http_get("x/client", "x/server", 80, false, PROBE).0,
+        Outcome::Ok,
+        "through the tunnel first\n{}",
+        a.log()
+    );
+    // A crash: the advertisement stays, nothing listens on B's tunnel port.
+    b.kill();
+    let (o, _) = m
+        .lab
+        .connect("x/client", "x/server", 80, false, Duration::from_secs(5));
+    assert_eq!(o, Outcome::Timeout, "{}", a.log());
+    let denials: Vec<String> = audit_lines(&a, "\"event\":\"deny\"")
+        .into_iter()
+        .filter(|l| l.contains("\"mtls\":true") && l.contains("\"peer_node\":\"node-b\""))
+        .collect();
+    assert_eq!(
+        denials.len(),
+        1,
+        "one record for one denied flow (its SYN was retransmitted at 1 s and 3 s):\n{denials:#?}\n{}",
+        a.log()
+    );
+}
+
 #[test]
 fn nothing_crosses_the_wire_in_clear_under_mtls() {
     if !root() {
@@ -380,10 +414,10 @@ fn identity_failures_are_refused_and_audited() {
         b.log()
     );
     assert!(
-        denied
-            .iter()
-            .any(|l| l.contains("\"peer_node\":\"node-c\"") && l.contains("runs on node node-a")),
-        "the node-c claim in node B's audit:\n{text}"
+        denied.iter().any(|l| l.contains("\"peer_node\":\"node-c\"")
+            && l.contains("\"detail\":\"bad-request: ")
+            && l.contains("runs on node node-a")),
+        "the node-c claim in node B's audit (with docs/audit-log.md's bad-request: prefix):\n{text}"
     );
 
     // 5. Plaintext into the strict namespace from the other node: denied with its reason.
