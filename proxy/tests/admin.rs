@@ -162,6 +162,25 @@ fn connections_past_the_cap_are_closed_at_once() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The refusal is counted where Prometheus sees it.
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(READ_LIMIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let refused = text
+        .lines()
+        .find_map(|l| l.strip_prefix("netward_admin_connections_refused_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1.0), "{text}");
+    for name in [
+        "netward_admin_accept_errors_total ",
+        "netward_audit_rotation_errors_total ",
+        "netward_audit_flush_errors_total ",
+    ] {
+        assert!(text.contains(name), "{name}missing from /metrics");
+    }
 }
 
 fn netward(args: &[&str]) -> Output {
