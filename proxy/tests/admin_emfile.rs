@@ -35,6 +35,18 @@ fn accept_errors_back_off_and_the_server_recovers() {
         rx,
     )
     .unwrap();
+    // The server's runtime must be up before the descriptors run out.
+    let mut probe = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = probe.read_to_string(&mut text);
+    assert!(text.starts_with("HTTP/1.1 200"), "got {text:?}");
+    drop(probe);
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, 256, hard).unwrap();
     // Use up every descriptor, then free one for the client's socket.
