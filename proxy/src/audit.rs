@@ -222,6 +222,11 @@ pub struct Stats {
     pub dropped: AtomicU64,
     /// Rotations done.
     pub rotations: AtomicU64,
+    /// Rotations that failed: nothing is renamed before the next file is open, the
+    /// records go on into the current file, and the next attempt waits a backoff.
+    pub rotation_errors: AtomicU64,
+    /// Flushes of the stream that failed (the buffered records may be lost).
+    pub flush_errors: AtomicU64,
 }
 
 /// The process's audit counters.
@@ -230,6 +235,8 @@ pub static STATS: Stats = Stats {
     suppressed: AtomicU64::new(0),
     dropped: AtomicU64::new(0),
     rotations: AtomicU64::new(0),
+    rotation_errors: AtomicU64::new(0),
+    flush_errors: AtomicU64::new(0),
 };
 
 /// The datapath's handle on the audit stream: cheap to clone, never blocks.
@@ -429,6 +436,23 @@ struct Writer {
     output: Output,
     size: u64,
     buf: Vec<u8>,
+    /// Opens a file for appending (a seam: the tests make it fail).
+    open_file: fn(&Path) -> std::io::Result<std::fs::File>,
+    /// After a failed rotation, how long until the next attempt.
+    rotate_retry: Duration,
+    /// No rotation is attempted before this instant (set by a failure).
+    retry_at: Option<Instant>,
+}
+
+/// After a failed rotation, the writer waits this long before trying again, so that a
+/// persistent failure costs one attempt (and one lost oldest file at worst) per minute.
+pub const ROTATE_RETRY: Duration = Duration::from_secs(60);
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 impl Writer {
@@ -450,6 +474,9 @@ impl Writer {
             output: output.clone(),
             size,
             buf: Vec::with_capacity(1024),
+            open_file: open_append,
+            rotate_retry: ROTATE_RETRY,
+            retry_at: None,
         })
     }
 
@@ -472,10 +499,21 @@ impl Writer {
         } = &self.output
             && self.size > 0
             && self.size + self.buf.len() as u64 > *max_bytes
+            && self.retry_at.is_none_or(|t| Instant::now() >= t)
         {
             let (path, keep) = (path.clone(), *keep);
-            if let Err(e) = self.rotate(&path, keep) {
-                tracing::warn!(error = %e, path = %path.display(), "audit log rotation failed; writing on");
+            match self.rotate(&path, keep) {
+                Ok(()) => self.retry_at = None,
+                Err(e) => {
+                    STATS.rotation_errors.fetch_add(1, Ordering::Relaxed);
+                    self.retry_at = Some(Instant::now() + self.rotate_retry);
+                    tracing::warn!(
+                        error = %e,
+                        path = %path.display(),
+                        retry_in_s = self.rotate_retry.as_secs(),
+                        "audit log rotation failed; writing on in the current file"
+                    );
+                }
             }
         }
         match self.sink.write_all(&self.buf) {
@@ -489,31 +527,43 @@ impl Writer {
         }
     }
 
+    /// Rotates FILE to FILE.1 (and FILE.i to FILE.i+1, the oldest dropped). The next
+    /// file is opened first, as FILE.new: if that fails nothing has moved, and the
+    /// caller writes on into the current file. FILE.new is never removed (it may hold
+    /// records after a half-done rotation); the next rotation appends to it.
     fn rotate(&mut self, path: &Path, keep: usize) -> std::io::Result<()> {
-        self.sink.flush()?;
+        if let Err(e) = self.sink.flush() {
+            STATS.flush_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let name = |i: usize| PathBuf::from(format!("{}.{i}", path.display()));
+        let fresh = PathBuf::from(format!("{}.new", path.display()));
+        let f = (self.open_file)(&fresh)?;
         if keep == 0 {
-            std::fs::remove_file(path)?;
+            if path.exists() {
+                std::fs::remove_file(path)?;
+            }
         } else {
             for i in (1..keep).rev() {
                 if name(i).exists() {
                     std::fs::rename(name(i), name(i + 1))?;
                 }
             }
-            std::fs::rename(path, name(1))?;
+            if path.exists() {
+                std::fs::rename(path, name(1))?;
+            }
         }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
         self.sink = Box::new(std::io::BufWriter::new(f));
-        self.size = 0;
+        self.size = fresh.metadata().map(|m| m.len()).unwrap_or(0);
         STATS.rotations.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        std::fs::rename(&fresh, path)
     }
 
     fn flush(&mut self) {
-        let _ = self.sink.flush();
+        if let Err(e) = self.sink.flush() {
+            STATS.flush_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "audit log flush failed");
+        }
     }
 }
 
@@ -587,5 +637,116 @@ mod tests {
         let b: netward_controller::model::Labels = [("app".to_owned(), "web".to_owned())].into();
         assert_ne!(labels_digest(&a), labels_digest(&b));
         assert_eq!(labels_digest(&a).len(), 16);
+    }
+
+    fn rec(generation: u64) -> Record {
+        serde_json::from_value(serde_json::json!({
+            "v": 1, "time": "2026-12-03T12:00:00.000Z", "event": "close", "verdict": "allow",
+            "direction": "both", "protocol": "TCP",
+            "src": {"ip": "198.18.0.1", "port": 40000}, "dst": {"ip": "198.18.0.2", "port": 80},
+            "egress": {"result": "not-pod"}, "ingress": {"result": "not-pod"},
+            "generation": generation, "count": 1,
+        }))
+        .unwrap()
+    }
+
+    /// The generations of the records in a file, in order (empty if there is no file).
+    fn gens(path: &Path) -> Vec<u64> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Record>(l).unwrap().generation)
+            .collect()
+    }
+
+    fn cannot_open(path: &Path) -> std::io::Result<std::fs::File> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("test: cannot open {}", path.display()),
+        ))
+    }
+
+    #[test]
+    fn a_failed_open_during_rotation_keeps_history_and_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let name = |i: usize| PathBuf::from(format!("{}.{i}", path.display()));
+        let line = serde_json::to_vec(&rec(10)).unwrap().len() as u64 + 1;
+        let output = Output::File {
+            path: path.clone(),
+            max_bytes: 2 * line,
+            keep: 3,
+        };
+        let mut w = Writer::open(&output).unwrap();
+        w.rotate_retry = Duration::from_millis(200);
+        for g in 10..=15 {
+            w.write(&rec(g));
+        }
+        w.flush();
+        assert_eq!(
+            (gens(&name(2)), gens(&name(1)), gens(&path)),
+            (vec![10, 11], vec![12, 13], vec![14, 15])
+        );
+        let errors_before = STATS.rotation_errors.load(Ordering::Relaxed);
+        w.open_file = cannot_open;
+        for g in 16..=25 {
+            w.write(&rec(g));
+        }
+        w.flush();
+        assert_eq!(
+            (gens(&name(3)), gens(&name(2)), gens(&name(1))),
+            (vec![], vec![10, 11], vec![12, 13]),
+            "a failed rotation shifted the history"
+        );
+        assert_eq!(
+            gens(&path),
+            (14..=25).collect::<Vec<_>>(),
+            "records after the failed rotation go on in the live file"
+        );
+        let failed = STATS.rotation_errors.load(Ordering::Relaxed) - errors_before;
+        assert_eq!(
+            failed, 1,
+            "one failure, then no retry until the backoff passes"
+        );
+        // Once the open works again (after the backoff), rotation resumes.
+        w.open_file = open_append;
+        std::thread::sleep(Duration::from_millis(250));
+        w.write(&rec(26));
+        w.flush();
+        assert_eq!(
+            (gens(&name(3)), gens(&name(2)), gens(&name(1)), gens(&path)),
+            (
+                vec![10, 11],
+                vec![12, 13],
+                (14..=25).collect::<Vec<_>>(),
+                vec![26]
+            )
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with("audit.log") || n.ends_with(".new"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    struct Broken;
+
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("test: broken"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::other("test: broken"))
+        }
+    }
+
+    #[test]
+    fn flush_errors_are_counted() {
+        let mut w = Writer::open(&Output::Stdout).unwrap();
+        w.sink = Box::new(Broken);
+        let before = STATS.flush_errors.load(Ordering::Relaxed);
+        w.flush();
+        assert_eq!(STATS.flush_errors.load(Ordering::Relaxed) - before, 1);
     }
 }

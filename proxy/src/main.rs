@@ -50,7 +50,7 @@ enum Command {
     /// Remove every rule, ip rule and route netward installed (after a crash).
     Cleanup(cmd::run::CleanupArgs),
     /// The node agent: watch the Kubernetes API and enforce on this node (DaemonSet).
-    Node(cmd::node::NodeArgs),
+    Node(Box<cmd::node::NodeArgs>),
     /// Sign netward's node-tunnel CertificateSigningRequests (a one-replica Deployment).
     Signer(cmd::signer::SignerArgs),
     /// Build a scenario's cluster in network namespaces, enforce it, and probe it.

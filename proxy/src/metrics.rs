@@ -415,6 +415,32 @@ impl Collector for Atomics {
         )?;
         counter(
             &mut enc,
+            "audit_rotation_errors",
+            "Audit log rotations that failed (retried later; records go on into the current file)",
+            audit.rotation_errors.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "audit_flush_errors",
+            "Audit log flushes that failed",
+            audit.flush_errors.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "admin_accept_errors",
+            "Admin server accept() failures (EMFILE...), each followed by a backoff",
+            crate::admin::STATS.accept_errors.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "admin_connections_refused",
+            "Admin server connections closed unserved: too many open at once",
+            crate::admin::STATS
+                .connections_refused
+                .load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
             "verdict_packets",
             "First packets queued for a verdict (retransmissions included)",
             v.seen,

@@ -474,7 +474,7 @@ fn node_at_10000_pods() {
         .unwrap();
 }
 
-/// The admin port `netward node` listens on by default (`--admin-addr 0.0.0.0:15021`).
+/// The admin port `netward node` listens on by default (`--admin-addr`: NODE_IP, else 127.0.0.1, port 15021).
 const ADMIN_PORT: u16 = 15021;
 
 /// `netward node` started by hand rather than with `Netward::start` (which waits for the
@@ -632,7 +632,7 @@ fn node_admin_probes_follow_the_initial_sync_and_survive_api_trouble() {
     let api = NsApi::start(lab.node(), fake);
     let _cleanup = CleanupRules(lab.node());
     let kc = api.kubeconfig();
-    // The default --admin-addr (0.0.0.0:15021).
+    // The default --admin-addr (127.0.0.1:15021: the test sets no NODE_IP).
     let mut nw = NodeProc::start(
         lab.node(),
         &[

@@ -6,7 +6,8 @@
 //! compiles) publishes snapshots on a watch channel; the `netward-data` runtime runs
 //! the datapath, which follows that channel; the verdict thread is the datapath's;
 //! `netward-admin` serves `/healthz`, `/readyz` and `/metrics` from before the initial
-//! sync to the end of the drain.
+//! sync to the end of the drain; `netward-debug` serves `/debug/snapshot` on loopback,
+//! only with `--debug-addr`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ use tracing::{error, info, warn};
 const EXIT_USAGE: u8 = 64;
 /// How often the drain checks the live connections.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// The admin server's port when `--admin-addr` is not given.
+const ADMIN_PORT: u16 = 15021;
 /// How often each loop reports to `/healthz` (see [`admin::STALL_LIMIT`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -71,10 +74,15 @@ pub(crate) struct NodeArgs {
     /// How long after the first change of a batch the policy is recompiled.
     #[arg(long, env = "NETWARD_DEBOUNCE_MS", default_value = "100")]
     debounce_ms: String,
-    /// Address of the admin server (/healthz, /readyz, /metrics, /debug/snapshot): the
-    /// DaemonSet's probes and Prometheus use it (hostNetwork: the node's port).
-    #[arg(long, env = "NETWARD_ADMIN_ADDR", default_value = "0.0.0.0:15021")]
-    admin_addr: String,
+    /// Address of the admin server (/healthz, /readyz, /metrics): the DaemonSet's
+    /// probes and Prometheus use it (hostNetwork: the node's port). Default: NODE_IP
+    /// port 15021, or 127.0.0.1:15021 without NODE_IP.
+    #[arg(long, env = "NETWARD_ADMIN_ADDR")]
+    admin_addr: Option<String>,
+    /// Serve /debug/snapshot (every pod's IPs and labels, every policy) on this
+    /// loopback address, e.g. 127.0.0.1:15022. Off by default; not loopback: exit 64.
+    #[arg(long, env = "NETWARD_DEBUG_ADDR")]
+    debug_addr: Option<String>,
     /// Carry cross-node connections in the mTLS tunnel: request a node certificate
     /// from `netward signer` (CSR API) and advertise the tunnel with a Lease.
     #[arg(long, env = "NETWARD_MTLS", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
@@ -150,6 +158,7 @@ pub(crate) struct NodeConfig {
     drain_grace: Duration,
     debounce: Duration,
     admin_addr: SocketAddr,
+    debug_addr: Option<SocketAddr>,
     mtls: Option<MtlsConfig>,
     audit: Option<netward_proxy::audit::Output>,
 }
@@ -266,7 +275,20 @@ impl NodeArgs {
                 e.to_string(),
             )
         })?;
-        let admin_addr = parse_admin_addr(&self.admin_addr, rules.tcp_port)?;
+        let admin_addr = match &self.admin_addr {
+            Some(v) => parse_admin_addr(v, rules.tcp_port)?,
+            None => parse_admin_addr(
+                &SocketAddr::new(self.node_ip_or_loopback()?, ADMIN_PORT).to_string(),
+                rules.tcp_port,
+            )?,
+        };
+        let debug_addr = match self.debug_addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(
+                admin::parse_debug_addr(v)
+                    .map_err(|r| bad("--debug-addr/NETWARD_DEBUG_ADDR", v, r))?,
+            ),
+        };
         let mtls = self.mtls_config(rules.tcp_port, admin_addr.port())?;
         Ok(NodeConfig {
             node,
@@ -297,6 +319,7 @@ impl NodeArgs {
                 10_000,
             )?),
             admin_addr,
+            debug_addr,
             mtls,
             audit: match self.audit_log.trim() {
                 "none" => None,
@@ -315,6 +338,17 @@ impl NodeArgs {
                 }),
             },
         })
+    }
+
+    /// The admin server's default IP: NODE_IP (the DaemonSet's `status.hostIP`), so that
+    /// it is not on every interface of the node; without it, loopback.
+    fn node_ip_or_loopback(&self) -> Result<std::net::IpAddr, ConfigError> {
+        match self.node_ip.as_deref().map(str::trim) {
+            None | Some("") => Ok(std::net::IpAddr::from([127, 0, 0, 1])),
+            Some(v) => v
+                .parse()
+                .map_err(|e| bad("--node-ip/NODE_IP", v, format!("not an IP address ({e})"))),
+        }
     }
 
     fn mtls_config(&self, tproxy: u16, admin: u16) -> Result<Option<MtlsConfig>, ConfigError> {
@@ -544,6 +578,15 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("netward: error: {e} (--admin-addr/NETWARD_ADMIN_ADDR)");
             return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    if let Some(addr) = cfg.debug_addr {
+        match admin::start_debug(addr, metrics.clone(), rx.clone()) {
+            Ok(bound) => info!(debug.addr = %bound, "debug listener (/debug/snapshot) listening"),
+            Err(e) => {
+                eprintln!("netward: error: {e} (--debug-addr/NETWARD_DEBUG_ADDR)");
+                return ExitCode::from(EXIT_USAGE);
+            }
         }
     }
 
@@ -843,6 +886,14 @@ mod tests {
                 "--admin-addr/NETWARD_ADMIN_ADDR=\"0.0.0.0:15001\": port 15001 is the transparent listener's",
             ),
             (
+                &["--node-name", "a", "--debug-addr", "0.0.0.0:15022"],
+                "--debug-addr/NETWARD_DEBUG_ADDR=\"0.0.0.0:15022\": the debug listener must be on a loopback address",
+            ),
+            (
+                &["--node-name", "a", "--node-ip", "node-a"],
+                "--node-ip/NODE_IP=\"node-a\": not an IP address",
+            ),
+            (
                 &["--node-name", "a", "--mtls=perhaps"],
                 "--mtls/NETWARD_MTLS=\"perhaps\": expected true or false",
             ),
@@ -900,11 +951,36 @@ mod tests {
         assert_eq!(cfg.node, "node-a.example");
         assert!(cfg.reject && cfg.cleanup_on_exit && cfg.splice && cfg.rules.ipv6);
         assert_eq!(cfg.debounce, Duration::from_millis(100));
-        assert_eq!(cfg.admin_addr, SocketAddr::from(([0, 0, 0, 0], 15021)));
+        assert_eq!(cfg.admin_addr, SocketAddr::from(([127, 0, 0, 1], 15021)));
+        assert_eq!(cfg.debug_addr, None, "/debug/* is off unless asked for");
         let cfg = parse(&["--node-name", "n"]).expect("valid");
         assert!(!cfg.cleanup_on_exit, "rules are kept on exit by default");
         assert!(!cfg.reject);
         assert!(cfg.mtls.is_none(), "mTLS is off unless asked for");
+    }
+
+    #[test]
+    fn admin_server_binds_the_node_ip_and_debug_only_loopback() {
+        let cfg = parse(&["--node-name", "n", "--node-ip", "198.18.0.7"]).expect("valid");
+        assert_eq!(cfg.admin_addr, SocketAddr::from(([198, 18, 0, 7], 15021)));
+        let cfg = parse(&["--node-name", "n", "--node-ip", "fd00::7"]).expect("valid");
+        assert_eq!(cfg.admin_addr.to_string(), "[fd00::7]:15021");
+        let cfg = parse(&[
+            "--node-name",
+            "n",
+            "--node-ip",
+            "198.18.0.7",
+            "--admin-addr",
+            "0.0.0.0:15021",
+            "--debug-addr",
+            "[::1]:15022",
+        ])
+        .expect("valid");
+        assert_eq!(cfg.admin_addr, SocketAddr::from(([0, 0, 0, 0], 15021)));
+        assert_eq!(
+            cfg.debug_addr.map(|a| a.to_string()).as_deref(),
+            Some("[::1]:15022")
+        );
     }
 
     #[test]

@@ -64,9 +64,13 @@ pub(crate) struct RunArgs {
     /// Keep the interception rules installed on exit (fail closed until the next start).
     #[arg(long)]
     keep_rules: bool,
-    /// Address of the admin server (/metrics, /healthz, /readyz, /debug/snapshot); `none` to disable.
+    /// Address of the admin server (/metrics, /healthz, /readyz); `none` to disable.
     #[arg(long, default_value = "127.0.0.1:15021")]
     admin_addr: String,
+    /// Serve /debug/snapshot on this loopback address (e.g. 127.0.0.1:15022). Off by
+    /// default; an address that is not loopback is a usage error (exit 64).
+    #[arg(long)]
+    debug_addr: Option<String>,
     /// How often to check the manifests for changes, in milliseconds.
     #[arg(long, default_value_t = 500)]
     reload_ms: u64,
@@ -190,6 +194,16 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         eprintln!("netward: error: {e}");
         return ExitCode::from(EXIT_USAGE);
     }
+    let debug_addr = match args.debug_addr.as_deref() {
+        None => None,
+        Some(v) => match admin::parse_debug_addr(v) {
+            Ok(a) => Some(a),
+            Err(reason) => {
+                eprintln!("netward: error: --debug-addr {v:?}: {reason}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
     let mtls = match mtls_options(args, &rules) {
         Ok(m) => m,
         Err(e) => {
@@ -252,6 +266,15 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
             Ok(bound) => info!(admin.addr = %bound, "admin server listening"),
             Err(e) => {
                 eprintln!("netward: error: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    if let Some(addr) = debug_addr {
+        match admin::start_debug(addr, metrics.clone(), rx.clone()) {
+            Ok(bound) => info!(debug.addr = %bound, "debug listener (/debug/snapshot) listening"),
+            Err(e) => {
+                eprintln!("netward: error: --debug-addr: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
         }
