@@ -8,31 +8,11 @@ use std::time::{Duration, Instant};
 use netward_e2e::{Lab, PROBE, example, root};
 use netward_proxy::lab::probe::Outcome;
 
-/// GETs a path from the admin server inside the node's namespace.
+/// GETs a path from the admin server inside the node's namespace (`/debug/*` from the
+/// loopback-only debug listener, `--debug-addr 127.0.0.1:15022`).
 fn admin_get(lab: &Lab, path: &'static str) -> (u16, String) {
-    lab.node()
-        .run(move || {
-            let mut s = TcpStream::connect_timeout(
-                &"127.0.0.1:15021".parse().unwrap(),
-                Duration::from_secs(2),
-            )
-            .unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-            )
-            .unwrap();
-            let mut text = String::new();
-            s.read_to_string(&mut text).unwrap();
-            let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-            let body = text
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default();
-            (status, body)
-        })
-        .unwrap()
+    let port = if path.starts_with("/debug/") { 15022 } else { 15021 };
+    netward_e2e::admin_get(lab.node(), port, path).expect("the admin server answers")
 }
 
 /// The audit records in a file (JSON lines), parsed.
@@ -95,6 +75,8 @@ fn rogue_pod_audit_records_metrics_and_review() {
     let mut nw = lab.start_netward(
         0,
         &[
+            "--debug-addr",
+            "127.0.0.1:15022",
             "--audit-log",
             log.to_str().unwrap(),
             "--audit-deny-window-secs",
