@@ -554,7 +554,7 @@ fn bad_input_exits_2_and_says_what_is_wrong() {
             "invalid value 'maybe' for '--verdict",
         ),
         (&["audit", l, "--port", "http"], "--port"),
-        (&["audit", l, "--protocol", "icmp"], "unknown protocol"),
+        (&["audit", l, "--protocol", "tcpx"], "unknown protocol"),
         (&["audit", l, "--pod", "a/b/c"], "invalid pod"),
         (
             &["audit", l, "--policy", "default-deny"],
