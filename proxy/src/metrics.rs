@@ -476,6 +476,24 @@ impl Collector for Atomics {
             "Packets the kernel dropped because it could not hand them to netward (fail closed)",
             user_dropped,
         )?;
+        if let Ok((soft, _)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            gauge(
+                &mut enc,
+                "open_files_limit",
+                "The process's open-file limit (RLIMIT_NOFILE, soft; netward raises it to the hard limit at start)",
+                g(soft),
+            )?;
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                &mut enc,
+                "open_files",
+                "File descriptors the process holds now",
+                i64::try_from(dir.count()).unwrap_or(i64::MAX),
+            )?;
+        }
         let h = &crate::datapath::HOLD_STATS;
         gauge(
             &mut enc,

@@ -11,7 +11,11 @@ use netward_proxy::lab::probe::Outcome;
 /// GETs a path from the admin server inside the node's namespace (`/debug/*` from the
 /// loopback-only debug listener, `--debug-addr 127.0.0.1:15022`).
 fn admin_get(lab: &Lab, path: &'static str) -> (u16, String) {
-    let port = if path.starts_with("/debug/") { 15022 } else { 15021 };
+    let port = if path.starts_with("/debug/") {
+        15022
+    } else {
+        15021
+    };
     netward_e2e::admin_get(lab.node(), port, path).expect("the admin server answers")
 }
 

@@ -662,6 +662,15 @@ fn node_admin_probes_follow_the_initial_sync_and_survive_api_trouble() {
     assert!(!nw.log().contains("datapath ready"), "{}", nw.log());
     let m = scrape(ns);
     assert_eq!(metric(&m, "netward_kube_initial_sync_done", &[]), 0.0);
+    // Like `netward run`, the node agent raises its open-file limit to the hard one.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    assert_eq!(
+        metric(&m, "netward_open_files_limit", &[]),
+        hard as f64,
+        "RLIMIT_NOFILE in /metrics"
+    );
+    assert!(metric(&m, "netward_open_files", &[]) > 3.0);
     assert_eq!(metric(&m, "netward_ready", &[]), 0.0);
     assert_eq!(
         metric(&m, "netward_kube_last_sync_timestamp_seconds", &[]),

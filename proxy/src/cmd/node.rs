@@ -550,6 +550,7 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    super::raise_fd_limit();
     let (audit_sink, audit_writer) = match cfg.audit.clone() {
         None => (netward_proxy::audit::Sink::disabled(), None),
         Some(output) => {

@@ -14,7 +14,7 @@ use netward_proxy::metrics::Metrics;
 use netward_proxy::relay::RelayOptions;
 use netward_proxy::{admin, audit};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 /// EX_USAGE: a bad flag or configuration value.
 pub(crate) const EXIT_USAGE: u8 = 64;
@@ -171,20 +171,8 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 
 /// Raises the open-file limit to its hard maximum: each relayed connection holds two
 /// sockets and up to two pipes (four fds).
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-    {
-        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => warn!(error = %e, limit = soft, "cannot raise the open-file limit"),
-        }
-    }
-}
-
 pub(crate) fn run(args: &RunArgs) -> ExitCode {
-    raise_fd_limit();
+    super::raise_fd_limit();
     let rules = RulesConfig {
         tcp_port: args.tproxy_port,
         ipv6: !args.no_ipv6,
