@@ -136,6 +136,8 @@ pub struct TunnelStats {
     pub accepted: AtomicU64,
     /// Connections or streams this node refused as the destination (TLS included).
     pub refused: AtomicU64,
+    /// Connections refused at a bound (TLS handshakes in flight, connections per node).
+    pub limited: AtomicU64,
 }
 
 /// Process-wide tunnel counters.
@@ -144,6 +146,7 @@ pub static TUNNEL_STATS: TunnelStats = TunnelStats {
     open_failed: AtomicU64::new(0),
     accepted: AtomicU64::new(0),
     refused: AtomicU64::new(0),
+    limited: AtomicU64::new(0),
 };
 
 /// How long a ready stream waits for the client's connection to be accepted.
@@ -250,7 +253,7 @@ impl Mesh {
                     // The client's retransmissions are this attempt: not opened or audited again.
                     recent.note(&key);
                     later.answer(if reject { Action::Reject } else { Action::Drop });
-                    audit_tunnel_deny(&audit, &d, &key, peer_node, why);
+                    audit_tunnel_deny(&audit, &d, &key, Some(peer_node), why);
                 }
             }
         });
@@ -405,7 +408,7 @@ fn audit_tunnel_deny(
     audit: &audit::Sink,
     d: &NodeDecision,
     key: &FlowKey,
-    peer_node: String,
+    peer_node: Option<String>,
     why: String,
 ) {
     if !audit.enabled() {
@@ -419,7 +422,7 @@ fn audit_tunnel_deny(
             let mut r = d.audit("deny", &key, None);
             r.verdict = "deny".to_owned();
             r.mtls = true;
-            r.peer_node = Some(peer_node);
+            r.peer_node = peer_node;
             r.detail = Some(why);
             r
         }),
@@ -428,7 +431,7 @@ fn audit_tunnel_deny(
 
 impl TunnelHandler {
     fn refuse(&self, d: &NodeDecision, key: &FlowKey, peer_node: &str, why: String) {
-        audit_tunnel_deny(&self.opts.audit, d, key, peer_node.to_owned(), why);
+        audit_tunnel_deny(&self.opts.audit, d, key, Some(peer_node.to_owned()), why);
     }
 }
 
@@ -524,18 +527,27 @@ impl Handler for TunnelHandler {
 
     fn refused(&self, event: RefusedEvent<'_>) {
         TUNNEL_STATS.refused.fetch_add(1, Ordering::Relaxed);
+        if event.kind == RefusalKind::Limit {
+            TUNNEL_STATS.limited.fetch_add(1, Ordering::Relaxed);
+        }
         // Policy and claim refusals were audited by `authorize`, with the decision.
         if event.kind == RefusalKind::Policy {
             return;
         }
-        warn!(
-            kind = %event.kind,
-            peer.addr = %event.peer_addr,
-            peer.node = event.peer_node.unwrap_or(""),
-            status = event.status,
-            reason = event.reason,
-            "tunnel refused"
-        );
+        if matches!(event.kind, RefusalKind::Tls | RefusalKind::Limit) {
+            // What a scanner or a flood causes: counted and audited (aggregated), logged
+            // at debug only.
+            debug!(kind = %event.kind, peer.addr = %event.peer_addr, reason = event.reason, "tunnel refused");
+        } else {
+            warn!(
+                kind = %event.kind,
+                peer.addr = %event.peer_addr,
+                peer.node = event.peer_node.unwrap_or(""),
+                status = event.status,
+                reason = event.reason,
+                "tunnel refused"
+            );
+        }
         if !self.opts.audit.enabled() {
             return;
         }
@@ -553,24 +565,20 @@ impl Handler for TunnelHandler {
             },
         };
         let d = decide(&snap, self.opts.node.as_deref(), &key, Transport::Tunnel);
-        let mut r = d.audit(
-            if event.kind == RefusalKind::Unavailable {
-                "close"
-            } else {
-                "deny"
-            },
-            &key,
-            None,
-        );
+        let detail = format!("{}: {}", event.kind, event.reason);
         if event.kind != RefusalKind::Unavailable {
-            r.verdict = "deny".to_owned();
-        } else {
-            r.close = Some("error".to_owned());
-            r.closed_by = Some("server".to_owned());
+            // Aggregated per (source, destination, port) like every denial: failed
+            // handshakes from one address cannot flood the log.
+            let peer_node = event.peer_node.map(str::to_owned);
+            audit_tunnel_deny(&self.opts.audit, &d, &key, peer_node, detail);
+            return;
         }
+        let mut r = d.audit("close", &key, None);
+        r.close = Some("error".to_owned());
+        r.closed_by = Some("server".to_owned());
         r.mtls = true;
         r.peer_node = event.peer_node.map(str::to_owned);
-        r.detail = Some(format!("{}: {}", event.kind, event.reason));
+        r.detail = Some(detail);
         self.opts.audit.send(audit::Event::Record(Box::new(r)));
     }
 }

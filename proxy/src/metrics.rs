@@ -306,6 +306,11 @@ fn encode_mtls(enc: &mut DescriptorEncoder, m: &MtlsMetrics) -> Result<(), std::
             "Connections or streams this node refused as the destination (TLS, identity, bad request, policy, unavailable)",
             &T.refused,
         ),
+        (
+            "tunnel_limited",
+            "Tunnel connections refused at a bound: TLS handshakes in flight, or connections from one node",
+            &T.limited,
+        ),
     ] {
         counter(enc, name, help, c.load(Ordering::Relaxed))?;
     }

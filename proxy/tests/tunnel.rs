@@ -951,3 +951,88 @@ fn config_validation() {
             .contains("trust_domain")
     );
 }
+
+/// Unauthenticated work is bounded: with two TLS handshakes in flight (clients that
+/// connect and never speak), a third connection is closed at once and reported as a
+/// limit; once the two are gone, a node connects as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_in_flight_are_bounded() {
+    let pki = Pki::new();
+    let b = pki.node("node-b");
+    let cfg = TunnelConfig {
+        max_handshakes: 2,
+        ..config()
+    };
+    let server = Server::start_with("127.0.0.1", &b, cfg).await;
+    let dst = upstream("127.0.0.1", echo).await;
+    let silent1 = TcpStream::connect(server.addr).await.unwrap();
+    let silent2 = TcpStream::connect(server.addr).await.unwrap();
+    // Let the server take both (their handshakes now wait for a ClientHello).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut buf))
+        .await
+        .expect("the third connection was kept waiting instead of closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let event = server
+        .handler
+        .wait_refused(|r| r.kind == RefusalKind::Limit)
+        .await;
+    assert!(event.reason.contains("2 TLS handshakes"), "{event:?}");
+    drop((silent1, silent2));
+    let a = pki.node("node-a");
+    let client = TunnelClient::new(a.client_config(), config());
+    let stream = within("open after the silent clients left", async {
+        loop {
+            match client
+                .open("node-b", server.addr, &request(dst, "10.244.1.5:7"))
+                .await
+            {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    let back = exchange(stream, b"ping").await.unwrap();
+    assert_eq!(back, b"ping");
+}
+
+/// Connections from one peer node are bounded: with one allowed, a second connection
+/// from node-a (another pool) is refused after its handshake and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_node_are_bounded() {
+    let pki = Pki::new();
+    let b = pki.node("node-b");
+    let cfg = TunnelConfig {
+        max_conns_per_node: 1,
+        ..config()
+    };
+    let server = Server::start_with("127.0.0.1", &b, cfg).await;
+    let dst = upstream("127.0.0.1", echo).await;
+    let a = pki.node("node-a");
+    let first = TunnelClient::new(a.client_config(), config());
+    let _held = within(
+        "first open",
+        first.open("node-b", server.addr, &request(dst, "10.244.1.5:8")),
+    )
+    .await
+    .unwrap();
+    let second = TunnelClient::new(a.client_config(), config());
+    let err = within(
+        "second open",
+        second.open("node-b", server.addr, &request(dst, "10.244.1.5:9")),
+    )
+    .await;
+    assert!(err.is_err(), "a second connection from node-a was served");
+    let event = server
+        .handler
+        .wait_refused(|r| r.kind == RefusalKind::Limit)
+        .await;
+    assert_eq!(event.peer_node.as_deref(), Some("node-a"), "{event:?}");
+    assert!(
+        event.reason.contains("1 connections from node node-a"),
+        "{event:?}"
+    );
+}

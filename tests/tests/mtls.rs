@@ -85,20 +85,24 @@ impl MeshLab {
 
     /// `netward run` on node `i` with the tunnel, its identity in `pki/<dir>`.
     fn start(&self, i: usize, dir: &str) -> Netward {
+        self.start_with(i, dir, &[])
+    }
+
+    /// [`MeshLab::start`] with more `netward run` flags.
+    fn start_with(&self, i: usize, dir: &str, extra: &[&str]) -> Netward {
         let id = self.pki.path().join(dir);
         let peers = self.pki.path().join("peers");
         let listen = SocketAddr::new(self.node_ip(i), TUNNEL_PORT).to_string();
-        let mut n = self.lab.start_netward(
-            i,
-            &[
-                "--mtls-identity",
-                id.to_str().unwrap(),
-                "--tunnel-listen",
-                &listen,
-                "--tunnel-peers",
-                peers.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            "--mtls-identity",
+            id.to_str().unwrap(),
+            "--tunnel-listen",
+            &listen,
+            "--tunnel-peers",
+            peers.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut n = self.lab.start_netward(i, &args);
         n.wait_for("mTLS tunnel listener up", Duration::from_secs(10));
         n
     }
@@ -351,7 +355,8 @@ fn identity_failures_are_refused_and_audited() {
     let m = MeshLab::new();
     let pki = m.pki.path();
     // Node B holds a valid identity; the clients below dial its tunnel port from node A.
-    let b = m.start(1, "node-b");
+    // Refusals from one address are aggregated over the deny window (1 s here).
+    let b = m.start_with(1, "node-b", &["--audit-deny-window-secs", "1"]);
     let b_addr = SocketAddr::new(m.node_ip(1), TUNNEL_PORT);
     let req = StreamRequest {
         dst: SocketAddr::new(m.lab.ip("x/server", false), 80),
@@ -401,17 +406,34 @@ fn identity_failures_are_refused_and_audited() {
         other => panic!("node-c claiming node-a's pod: {other:?}"),
     }
 
-    // Every refusal is in node B's audit log.
+    // Every refusal is in node B's audit log; the three TLS failures from node A's
+    // address are one record plus, after the window, one aggregated record with a count.
+    let tls_count = |b: &Netward| -> u64 {
+        audit_lines(b, "\"detail\":\"tls")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tls_count(&b) < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let denied = audit_lines(&b, "\"detail\"");
     let text = denied.join("\n");
+    assert_eq!(
+        tls_count(&b),
+        3,
+        "TLS refusals (other CA, expired, none) in node B's audit:\n{text}\n\nlog:\n{}",
+        b.log()
+    );
     assert!(
         denied
             .iter()
             .filter(|l| l.contains("\"detail\":\"tls"))
             .count()
-            >= 3,
-        "TLS refusals (other CA, expired, none) in node B's audit:\n{text}\n\nlog:\n{}",
-        b.log()
+            < 3,
+        "TLS refusals from one address are aggregated, not one record each:\n{text}"
     );
     assert!(
         denied.iter().any(|l| l.contains("\"peer_node\":\"node-c\"")

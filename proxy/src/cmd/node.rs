@@ -117,6 +117,13 @@ pub(crate) struct NodeArgs {
     /// Audit log: `none`, `-` for stdout, or a file (rotated at 100 MiB, 5 kept).
     #[arg(long, env = "NETWARD_AUDIT_LOG", default_value = "none")]
     audit_log: String,
+    /// Tunnel server: TLS handshakes in flight at once (unauthenticated work); more
+    /// connections are closed at once, counted and audited.
+    #[arg(long, env = "NETWARD_TUNNEL_MAX_HANDSHAKES", default_value = "128")]
+    tunnel_max_handshakes: String,
+    /// Tunnel server: live connections from one peer node; more are refused.
+    #[arg(long, env = "NETWARD_TUNNEL_MAX_CONNS_PER_NODE", default_value = "16")]
+    tunnel_max_conns_per_node: String,
 }
 
 /// The validated tunnel settings (`--mtls`).
@@ -128,6 +135,8 @@ pub(crate) struct MtlsConfig {
     identity_dir: PathBuf,
     validity: Duration,
     cert_wait: Duration,
+    max_handshakes: usize,
+    max_conns_per_node: usize,
     namespace: String,
 }
 
@@ -404,7 +413,20 @@ impl NodeArgs {
                 "not a namespace name",
             ));
         }
+        let limit = |name, v: &str| {
+            parse_num(name, v, 1, 1 << 20).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        };
+        let max_handshakes = limit(
+            "--tunnel-max-handshakes/NETWARD_TUNNEL_MAX_HANDSHAKES",
+            &self.tunnel_max_handshakes,
+        )?;
+        let max_conns_per_node = limit(
+            "--tunnel-max-conns-per-node/NETWARD_TUNNEL_MAX_CONNS_PER_NODE",
+            &self.tunnel_max_conns_per_node,
+        )?;
         Ok(Some(MtlsConfig {
+            max_handshakes,
+            max_conns_per_node,
             trust_domain: self.trust_domain.clone(),
             tunnel_port,
             node_ip,
@@ -477,6 +499,8 @@ async fn start_mtls(
     let feed = leases.watch();
     let tunnel = TunnelConfig {
         idle_timeout,
+        max_handshakes: m.max_handshakes,
+        max_conns_per_node: m.max_conns_per_node,
         mark: Some(rules.marks.bypass),
         bind: Some(ip),
         trust_domain: m.trust_domain.clone(),

@@ -91,6 +91,13 @@ pub(crate) struct RunArgs {
     /// Live streams per pooled TLS connection before another is opened.
     #[arg(long, default_value_t = 100)]
     tunnel_streams_per_conn: usize,
+    /// Tunnel server: TLS handshakes in flight at once (unauthenticated work); more
+    /// connections are closed at once, counted and audited.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    tunnel_max_handshakes: u32,
+    /// Tunnel server: live connections from one peer node; more are refused.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    tunnel_max_conns_per_node: u32,
 }
 
 /// The tunnel options from the flags; `Err` names the flag.
@@ -111,6 +118,8 @@ fn mtls_options(
         .map_err(|e| format!("--mtls-identity {}: {e}", dir.display()))?;
     let tunnel = TunnelConfig {
         max_streams_per_conn: args.tunnel_streams_per_conn,
+        max_handshakes: args.tunnel_max_handshakes as usize,
+        max_conns_per_node: args.tunnel_max_conns_per_node as usize,
         idle_timeout: Duration::from_secs(args.idle_timeout_secs),
         mark: Some(rules.marks.bypass),
         bind: Some(listen.ip()),

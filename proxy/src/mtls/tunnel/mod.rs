@@ -159,6 +159,14 @@ pub struct TunnelConfig {
     /// HTTP/2 keep-alive PING interval on idle connections; a peer that does not answer
     /// within the interval is dropped.
     pub keepalive: Duration,
+    /// Server: TLS handshakes in flight at once, before any peer is authenticated; a
+    /// connection past it is closed at once (refused as [`RefusalKind::Limit`]).
+    pub max_handshakes: usize,
+    /// Server: authenticated connections at once from one peer node; one past it is
+    /// closed after its handshake (refused as [`RefusalKind::Limit`]).
+    pub max_conns_per_node: usize,
+    /// Server: the largest HTTP/2 header list a request may carry, in bytes.
+    pub max_header_list_size: u32,
 }
 
 impl Default for TunnelConfig {
@@ -172,6 +180,9 @@ impl Default for TunnelConfig {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
             reset_grace: Duration::from_millis(5),
             keepalive: Duration::from_secs(30),
+            max_handshakes: 128,
+            max_conns_per_node: 16,
+            max_header_list_size: 16 * 1024,
         }
     }
 }
@@ -212,6 +223,18 @@ impl TunnelConfig {
         ] {
             if value.is_zero() {
                 return bad(name, format!("{value:?}"), "must be positive");
+            }
+        }
+        for (name, value) in [
+            ("max_handshakes", self.max_handshakes),
+            ("max_conns_per_node", self.max_conns_per_node),
+            (
+                "max_header_list_size",
+                usize::try_from(self.max_header_list_size).unwrap_or(usize::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return bad(name, "0".into(), "must be positive");
             }
         }
         if self.reset_grace > Duration::from_secs(1) {
@@ -303,6 +326,8 @@ pub enum RefusalKind {
     Policy,
     /// The upstream connect failed (`503`).
     Unavailable,
+    /// A bound was reached: TLS handshakes in flight, or connections from one node.
+    Limit,
 }
 
 impl fmt::Display for RefusalKind {
@@ -313,6 +338,7 @@ impl fmt::Display for RefusalKind {
             RefusalKind::BadRequest => "bad-request",
             RefusalKind::Policy => "policy",
             RefusalKind::Unavailable => "unavailable",
+            RefusalKind::Limit => "limit",
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The destination node's side: accepts mutual-TLS connections, answers `CONNECT`
 //! streams after the checks, and relays them to the pods.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,6 +48,8 @@ pub async fn serve<H: Handler>(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes));
+    let per_node: PerNode = Arc::new(std::sync::Mutex::new(HashMap::new()));
     let cfg = Arc::new(cfg);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -59,9 +62,18 @@ pub async fn serve<H: Handler>(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer_addr)) => {
+                    // Unauthenticated work is bounded: past the limit, close at once.
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        drop(tcp);
+                        limited(&*handler, peer_addr, None, &format!(
+                            "{} TLS handshakes in flight already", cfg.max_handshakes
+                        ));
+                        continue;
+                    };
                     let span = info_span!("tunnel_conn", peer.addr = %peer_addr, peer.node = tracing::field::Empty);
+                    let ctx = Accepted { acceptor: acceptor.clone(), cfg: cfg.clone(), handler: handler.clone(), per_node: per_node.clone() };
                     conns.spawn(
-                        serve_conn(tcp, peer_addr, acceptor.clone(), cfg.clone(), handler.clone(), stop_rx.clone())
+                        serve_conn(tcp, peer_addr, ctx, permit, stop_rx.clone())
                             .instrument(span),
                     );
                 }
@@ -91,14 +103,77 @@ struct ConnCtx<H> {
     peer_node: String,
 }
 
-async fn serve_conn<H: Handler>(
-    tcp: TcpStream,
-    peer_addr: SocketAddr,
+/// Live authenticated connections per peer node.
+type PerNode = Arc<std::sync::Mutex<HashMap<String, usize>>>;
+
+/// What every accepted connection is served with.
+struct Accepted<H> {
     acceptor: TlsAcceptor,
     cfg: Arc<TunnelConfig>,
     handler: Arc<H>,
+    per_node: PerNode,
+}
+
+/// One live connection from a peer node, counted in [`PerNode`] until dropped.
+struct NodeSlot {
+    per_node: PerNode,
+    node: String,
+}
+
+impl NodeSlot {
+    /// Takes a slot for `node`, unless `max` of its connections are live.
+    fn take(per_node: &PerNode, node: &str, max: usize) -> Option<NodeSlot> {
+        let mut map = per_node.lock().ok()?;
+        let n = map.entry(node.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(NodeSlot {
+            per_node: per_node.clone(),
+            node: node.to_owned(),
+        })
+    }
+}
+
+impl Drop for NodeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.per_node.lock()
+            && let Some(n) = map.get_mut(&self.node)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.node);
+            }
+        }
+    }
+}
+
+fn limited<H: Handler>(handler: &H, peer_addr: SocketAddr, peer_node: Option<&str>, reason: &str) {
+    debug!(reason = %reason, "tunnel connection refused: limit");
+    handler.refused(RefusedEvent {
+        kind: RefusalKind::Limit,
+        peer_addr,
+        peer_node,
+        request: None,
+        status: None,
+        reason,
+    });
+}
+
+async fn serve_conn<H: Handler>(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    accepted: Accepted<H>,
+    handshake: tokio::sync::OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Accepted {
+        acceptor,
+        cfg,
+        handler,
+        per_node,
+    } = accepted;
     if let Err(e) = socket_options(socket2::SockRef::from(&tcp), cfg.mark) {
         warn!(error = %e, "cannot set the tunnel socket options");
     }
@@ -132,6 +207,19 @@ async fn serve_conn<H: Handler>(
             return;
         }
     };
+    drop(handshake);
+    let Some(_slot) = NodeSlot::take(&per_node, &peer_node, cfg.max_conns_per_node) else {
+        limited(
+            &*handler,
+            peer_addr,
+            Some(&peer_node),
+            &format!(
+                "{} connections from node {peer_node} already",
+                cfg.max_conns_per_node
+            ),
+        );
+        return;
+    };
     tracing::Span::current().record("peer.node", peer_node.as_str());
     debug!("tunnel connection accepted");
 
@@ -151,6 +239,7 @@ async fn serve_conn<H: Handler>(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_header_list_size(cfg.max_header_list_size)
         .max_concurrent_streams(u32::try_from(cfg.max_streams_per_conn).unwrap_or(u32::MAX))
         .keep_alive_interval(cfg.keepalive)
         .keep_alive_timeout(cfg.keepalive);
