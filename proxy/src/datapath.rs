@@ -649,6 +649,7 @@ async fn serve(
     };
 
     // The verdict thread: blocking netlink I/O, off the async workers.
+    let queue_bound = Arc::new(AtomicBool::new(false));
     let verdict_thread = {
         let verdicts = Arc::new(Verdicts {
             policy: policy.clone(),
@@ -659,7 +660,7 @@ async fn serve(
             held: HeldSet::default(),
             runtime: tokio::runtime::Handle::current(),
         });
-        let stop = stop.clone();
+        let (stop, bound) = (stop.clone(), queue_bound.clone());
         let cfg = VerdictConfig {
             queue_num: opts.rules.queue_num,
             reject_mark: opts.rules.marks.reject,
@@ -668,11 +669,33 @@ async fn serve(
         };
         std::thread::Builder::new()
             .name("netward-verdict".into())
-            .spawn(move || verdict_loop(&cfg, &verdicts, &stop))
+            .spawn(move || verdict_loop(&cfg, &verdicts, &stop, &bound))
             .map_err(|source| Error::Listen {
                 addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.rules.tcp_port)),
                 source,
             })?
+    };
+
+    // Parked upstreams and tunnel streams whose client never completed its handshake
+    // are closed when they expire, even when no new connection comes to push them out.
+    let sweeper = {
+        let (ready, mesh) = (ready.clone(), mesh.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let d = ready.sweep();
+                let n = d.expired + d.evicted;
+                if n > 0 {
+                    HOLD_STATS
+                        .ready_dropped
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                if let Some(mesh) = &mesh {
+                    mesh.sweep_ready();
+                }
+            }
+        })
     };
 
     let mut listeners = Vec::new();
@@ -700,6 +723,19 @@ async fn serve(
         ));
     }
 
+    // Ready once the verdict queue is read: before that, every new flow is dropped
+    // (fail closed), so a client would see a timeout where it should be decided. Bounded:
+    // a queue held by another reader is reported by /healthz, not waited for here.
+    let bind_deadline = Instant::now() + QUEUE_BIND_WAIT;
+    while !queue_bound.load(Ordering::Relaxed) && Instant::now() < bind_deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if !queue_bound.load(Ordering::Relaxed) {
+        warn!(
+            queue = opts.rules.queue_num,
+            "the verdict queue is not bound yet; new flows are dropped until it is"
+        );
+    }
     info!(
         tproxy.port = opts.rules.tcp_port,
         queue = opts.rules.queue_num,
@@ -764,6 +800,7 @@ async fn serve(
         t.abort();
     }
     stop.store(true, Ordering::Relaxed);
+    sweeper.abort();
     for l in listeners {
         l.abort();
     }
@@ -1114,12 +1151,25 @@ fn upstream_source(
     Some(ClientAddr(client))
 }
 
-fn verdict_loop(cfg: &VerdictConfig, verdicts: &Arc<Verdicts>, stop: &AtomicBool) {
+/// How long the datapath waits for its verdict queue to be bound before it says it is
+/// ready anyway (and warns).
+const QUEUE_BIND_WAIT: Duration = Duration::from_secs(2);
+
+fn verdict_loop(
+    cfg: &VerdictConfig,
+    verdicts: &Arc<Verdicts>,
+    stop: &AtomicBool,
+    bound: &AtomicBool,
+) {
     let metrics = verdicts.opts.metrics.clone();
     // Watched from the start: a queue that cannot be bound never beats, and /healthz fails.
     metrics.beat_within("verdict", VERDICT_STALL_LIMIT);
     let decide = |key: &FlowKey, slot: &LaterSlot<'_>| verdicts.on_packet(key, slot);
-    let beat = || metrics.beat_within("verdict", VERDICT_STALL_LIMIT);
+    // The first tick comes right after the queue is bound.
+    let beat = || {
+        bound.store(true, Ordering::Relaxed);
+        metrics.beat_within("verdict", VERDICT_STALL_LIMIT);
+    };
     while !stop.load(Ordering::Relaxed) {
         match run_queue_with(cfg, &decide, stop, &beat) {
             Ok(()) => break,

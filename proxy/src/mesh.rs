@@ -17,7 +17,7 @@
 //! ingress with transport = tunnel (the same [`decide`] as every other flow), connects
 //! with the source pod's IP kept, and audits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,6 +149,9 @@ pub static TUNNEL_STATS: TunnelStats = TunnelStats {
     limited: AtomicU64::new(0),
 };
 
+/// Ready streams at most (the oldest is closed first past it).
+const READY_MAX: usize = 8192;
+
 /// How long a ready stream waits for the client's connection to be accepted.
 const READY_TTL: Duration = Duration::from_secs(30);
 
@@ -158,7 +161,7 @@ type ConnKey = (SocketAddr, SocketAddr);
 pub(crate) struct Mesh {
     client: TunnelClient,
     peers: watch::Receiver<Arc<Peers>>,
-    ready: Mutex<HashMap<ConnKey, (TunnelStream, NodeDecision, Instant)>>,
+    ready: crate::parked::Parked<ConnKey, (TunnelStream, NodeDecision)>,
     inflight: Mutex<HashSet<ConnKey>>,
     runtime: tokio::runtime::Handle,
     connect_timeout: Duration,
@@ -174,7 +177,7 @@ impl Mesh {
         Mesh {
             client: TunnelClient::new(mtls.identity.client_config(), mtls.tunnel.clone()),
             peers,
-            ready: Mutex::new(HashMap::new()),
+            ready: crate::parked::Parked::new(READY_TTL, READY_MAX),
             inflight: Mutex::new(HashSet::new()),
             runtime,
             connect_timeout: mtls.tunnel.connect_timeout,
@@ -231,10 +234,9 @@ impl Mesh {
             let failure = match opened {
                 Ok(Ok(stream)) => {
                     TUNNEL_STATS.opened.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut ready) = mesh.ready.lock() {
-                        ready.retain(|_, (_, _, at)| at.elapsed() < READY_TTL);
-                        ready.insert((key.src, key.dst), (stream, d.clone(), Instant::now()));
-                    }
+                    // Streams whose client never completed its handshake expire here
+                    // (closing them), in O(1), bounded in number.
+                    mesh.ready.insert((key.src, key.dst), (stream, d.clone()));
                     None
                 }
                 Ok(Err(e)) => Some(e.to_string()),
@@ -259,9 +261,14 @@ impl Mesh {
         });
     }
 
+    /// Closes the ready streams whose client did not complete its handshake in time.
+    pub(crate) fn sweep_ready(&self) {
+        let _ = self.ready.sweep();
+    }
+
     /// The ready stream of an accepted connection.
     pub(crate) fn take_ready(&self, key: &ConnKey) -> Option<(TunnelStream, NodeDecision)> {
-        self.ready.lock().ok()?.remove(key).map(|(s, d, _)| (s, d))
+        self.ready.take(key)
     }
 
     /// The source side's connection pool.

@@ -58,27 +58,8 @@ impl<K: Eq + Hash + Clone, V> Parked<K, V> {
         let mut dropped = Dropped::default();
         if let Ok(mut inner) = self.inner.lock() {
             let now = Instant::now();
+            dropped = self.pop_front(&mut inner, now, self.capacity, &mut gone);
             let Inner { map, order, seq } = &mut *inner;
-            // Pop from the front: items whose entry is gone or was replaced, then expired
-            // ones, then (while full) the oldest live one.
-            while let Some((s, k, at)) = order.front() {
-                let live = map.get(k).is_some_and(|(_, cur, _)| cur == s);
-                let expired = now.duration_since(*at) >= self.ttl;
-                if live && !expired && map.len() < self.capacity {
-                    break;
-                }
-                if live {
-                    if expired {
-                        dropped.expired += 1;
-                    } else {
-                        dropped.evicted += 1;
-                    }
-                    if let Some((v, _, _)) = map.remove(k) {
-                        gone.push(v);
-                    }
-                }
-                order.pop_front();
-            }
             *seq += 1;
             if let Some((v, _, _)) = map.insert(key.clone(), (value, *seq, now)) {
                 gone.push(v);
@@ -86,6 +67,50 @@ impl<K: Eq + Hash + Clone, V> Parked<K, V> {
             order.push_back((*seq, key, now));
         }
         drop(gone);
+        dropped
+    }
+
+    /// Drops the expired entries (closing what they hold) without inserting: run it
+    /// from a timer, so that a quiet map does not keep them until the next insert.
+    pub fn sweep(&self) -> Dropped {
+        let mut gone = Vec::new();
+        let dropped = match self.inner.lock() {
+            Ok(mut inner) => self.pop_front(&mut inner, Instant::now(), usize::MAX, &mut gone),
+            Err(_) => Dropped::default(),
+        };
+        drop(gone);
+        dropped
+    }
+
+    /// Pops from the front of the queue: items whose entry is gone or was replaced, then
+    /// expired ones, then (while the map holds `room` or more) the oldest live one.
+    fn pop_front(
+        &self,
+        inner: &mut Inner<K, V>,
+        now: Instant,
+        room: usize,
+        gone: &mut Vec<V>,
+    ) -> Dropped {
+        let mut dropped = Dropped::default();
+        let Inner { map, order, .. } = inner;
+        while let Some((s, k, at)) = order.front() {
+            let live = map.get(k).is_some_and(|(_, cur, _)| cur == s);
+            let expired = now.duration_since(*at) >= self.ttl;
+            if live && !expired && map.len() < room {
+                break;
+            }
+            if live {
+                if expired {
+                    dropped.expired += 1;
+                } else {
+                    dropped.evicted += 1;
+                }
+                if let Some((v, _, _)) = map.remove(k) {
+                    gone.push(v);
+                }
+            }
+            order.pop_front();
+        }
         dropped
     }
 
@@ -155,6 +180,18 @@ mod tests {
         let d = p.insert(100, 100);
         assert_eq!(d.expired, 49);
         assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn a_sweep_drops_expired_entries_without_an_insert() {
+        let p = Parked::new(Duration::from_millis(30), 1000);
+        for i in 0..10 {
+            p.insert(i, i);
+        }
+        assert_eq!(p.sweep().expired, 0, "nothing expired yet");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(p.sweep().expired, 10);
+        assert!(p.is_empty());
     }
 
     #[test]

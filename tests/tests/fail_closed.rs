@@ -302,6 +302,11 @@ fn an_allowed_udp_flow_is_revoked_when_the_policy_changes() {
         "10-policy.yaml",
         &EGRESS_ONLY_TO_B.replace(", {port: 53, protocol: UDP}", ""),
     );
+    // The datapath deletes the entries right after it takes the new snapshot (a few ms
+    // after the reload is logged).
+    eventually("the flows are revoked", Duration::from_secs(5), || {
+        nw.log().contains("revoked flows the new policy denies")
+    });
     for (v6, port) in [(false, 40001), (true, 40002)] {
         let dst = SocketAddr::new(lab.ip("t/b", v6), 53);
         let o = lab
@@ -470,6 +475,10 @@ spec:
   ingress: [{from: [{podSelector: {matchLabels: {app: a}}}], ports: [{port: 80}]}]
 "#;
     apply(&lab, &nw, "10-policy.yaml", ports_only);
+    // The echoes above left conntrack entries (same echo id): they are revoked too.
+    eventually("the ICMP flows are revoked", Duration::from_secs(5), || {
+        nw.log().contains("revoked flows the new policy denies")
+    });
     for v6 in [false, true] {
         assert_eq!(
             echo(v6),
