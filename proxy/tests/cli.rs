@@ -200,7 +200,7 @@ fn bad_input_exits_2_and_names_file_object_and_field() {
         "{}",
         stderr(&o)
     );
-    let o = netward(&["matrix", "-f", "examples/rogue-pod", "--protocol", "ICMP"]);
+    let o = netward(&["matrix", "-f", "examples/rogue-pod", "--protocol", "TCPX"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown protocol"), "{}", stderr(&o));
 }
