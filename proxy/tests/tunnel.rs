@@ -1036,3 +1036,75 @@ async fn connections_per_node_are_bounded() {
         "{event:?}"
     );
 }
+
+/// Sends one `CONNECT` for `dst` from node-a's identity over a fresh connection, with an
+/// extra header of `pad` bytes, and returns the answer's status (or the stream error).
+async fn connect_with_padding(
+    a: &TlsIdentity,
+    server: SocketAddr,
+    dst: SocketAddr,
+    pad: usize,
+) -> Result<u16, String> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(a.client_config())
+        .connect(
+            rustls::pki_types::ServerName::try_from("node-b").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(
+            hyper::Uri::builder()
+                .authority(dst.to_string())
+                .build()
+                .unwrap(),
+        )
+        .header("forwarded", "for=\"10.244.1.5:11\"")
+        .header(tunnel::SOURCE_ADDR_HEADER, "10.244.1.5:11")
+        .header("x-padding", "p".repeat(pad))
+        .body(Empty::new())
+        .unwrap();
+    match within("the CONNECT answer", send.send_request(req)).await {
+        Ok(res) => Ok(res.status().as_u16()),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+/// A peer's request headers are bounded (`max_header_list_size`): a `CONNECT` whose
+/// header list is over it is answered 431 by the HTTP/2 layer and never reaches
+/// authorization (and far over it, the connection is closed); one under it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_lists_are_bounded() {
+    let pki = Pki::new();
+    let b = pki.node("node-b");
+    let cfg = config();
+    assert_eq!(
+        cfg.max_header_list_size,
+        16 * 1024,
+        "the documented default"
+    );
+    let server = Server::start_with("127.0.0.1", &b, cfg).await;
+    let dst = upstream("127.0.0.1", echo).await;
+    let a = pki.node("node-a");
+    let small = connect_with_padding(&a, server.addr, dst, 4 * 1024).await;
+    assert_eq!(small, Ok(200), "a 4 KiB header list is served");
+    let over = connect_with_padding(&a, server.addr, dst, 24 * 1024).await;
+    assert_eq!(over, Ok(431), "a 24 KiB header list is refused");
+    // Far over the bound, HTTP/2 does not decode the rest: the connection is closed.
+    let far = connect_with_padding(&a, server.addr, dst, 256 * 1024).await;
+    assert!(
+        far.as_ref().is_err_and(|e| e.contains("ENHANCE_YOUR_CALM")),
+        "a 256 KiB header list: {far:?}"
+    );
+}
