@@ -172,3 +172,32 @@ fn cross_node_destination_denies_on_its_own() {
         a.log()
     );
 }
+
+/// A malformed expectation is an error naming the file, the entry and the field; it was
+/// skipped before, so the check it stood for silently passed.
+#[test]
+fn a_malformed_expectation_is_an_error_not_skipped() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rogue-pod");
+    for f in ["00-cluster.yaml", "10-backend-policy.yaml"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("expect.yaml"),
+        "apiVersion: netward.io/v1alpha1\nkind: Expectations\nmetadata: {name: typo}\nspec:\n  expect:\n    - {from: netpol-test/rogue-pod, to: netpol-test/backend, port: 80, alowed: true, says: a typo}\n",
+    )
+    .unwrap();
+    let out = Command::new(netward_bin())
+        .args(["lab", dir.path().to_str().unwrap(), "--ipv4-only"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("expect.yaml: document 1: Expectations typo: spec.expect[0].alowed: unknown field `alowed`"),
+        "{text}"
+    );
+}

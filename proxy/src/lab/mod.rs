@@ -2,6 +2,7 @@
 //! netward on each node, and probed with real clients. The e2e tests use the same parts.
 
 pub mod bundled;
+pub mod expect;
 pub mod netns;
 pub mod probe;
 pub mod run;

@@ -18,6 +18,7 @@ use netward_controller::{
     Cluster, Endpoint, Flow, Manifests, MtlsMode, Protocol, Snapshot, Transport,
 };
 
+use super::expect::{self, Expect, ScenarioObjects, Target};
 use super::netns::{self, Netns};
 use super::probe::{self, Outcome};
 use super::services::{self, ServiceRoute};
@@ -189,20 +190,6 @@ fn transport_for(snap: &Snapshot, src: &Endpoint, dst: &Endpoint, mtls: bool) ->
     }
 }
 
-/// A tutorial's expectation.
-#[derive(Clone, Debug, serde::Deserialize)]
-struct Expect {
-    from: String,
-    to: String,
-    port: u16,
-    #[serde(default)]
-    protocol: Option<String>,
-    allowed: bool,
-    #[serde(default)]
-    step: Option<String>,
-    says: String,
-}
-
 /// One probed flow.
 #[derive(Clone, Debug)]
 struct Probe {
@@ -339,22 +326,21 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
     let mut cluster = all.cluster.clone();
     topology::assign_addresses(&mut cluster);
     let nodes = topology::node_objects(&cluster);
-    let externals: Vec<ExternalSpec> = all
-        .netward
+    let step_names: Vec<&str> = opts
+        .scenario
+        .steps()
         .iter()
-        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("ExternalHosts"))
-        .filter_map(|v| {
-            serde_yaml::from_value::<Vec<ExternalSpec>>(v["spec"]["hosts"].clone()).ok()
-        })
-        .flatten()
+        .map(|(n, _)| n.as_str())
         .collect();
-    let expects: Vec<Expect> = all
-        .netward
-        .iter()
-        .filter(|v| v.get("kind").and_then(|k| k.as_str()) == Some("Expectations"))
-        .filter_map(|v| serde_yaml::from_value::<Vec<Expect>>(v["spec"]["expect"].clone()).ok())
-        .flatten()
-        .collect();
+    let ScenarioObjects { expects, externals } =
+        expect::read(&opts.scenario.files, &step_names, &all.cluster).map_err(|errs| {
+            Error::Manifests(
+                errs.iter()
+                    .map(|e| format!("  {e}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
     let _ = writeln!(
         out,
         "netward lab: {} ({} node{}, {} pods, {} services, {} policies{})",
@@ -432,7 +418,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
                 .join(", ")
         );
         let _ = out.flush();
-        start_servers(opts, &topo, &cluster, &workdir, &mut procs)?;
+        start_servers(opts, &topo, &cluster, &routes, &workdir, &mut procs)?;
         let mtls_dirs = match opts.mtls {
             Some(_) => Some(lab_identities(&workdir, &topo)?),
             None => None,
@@ -541,6 +527,7 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
             print_step(&snap, &observed, opts, out, &mut report);
             check_tutorial(
                 &snap,
+                &routes,
                 &expects,
                 (&step_files, *upto == steps.len()),
                 opts.mtls.is_some(),
@@ -807,10 +794,32 @@ fn engine_snapshot(dir: &Path) -> Result<Snapshot> {
     Ok(Snapshot::compile(&c))
 }
 
+/// The ports a pod serves in the lab: its container ports, and the ports Services send
+/// to it (a tutorial's nginx often declares no `containerPort`, and still serves what
+/// its Service targets).
+fn served_ports(
+    pod: &netward_controller::model::Pod,
+    routes: &[ServiceRoute],
+) -> BTreeSet<(Protocol, u16)> {
+    let key = pod.key();
+    pod.ports
+        .iter()
+        .map(|p| (p.protocol, p.port))
+        .chain(routes.iter().flat_map(|r| {
+            r.backends
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, b)| (r.protocol, b.port()))
+        }))
+        .filter(|(p, _)| *p != Protocol::Sctp)
+        .collect()
+}
+
 fn start_servers(
     opts: &Options,
     topo: &Topology,
     cluster: &Cluster,
+    routes: &[ServiceRoute],
     workdir: &Path,
     procs: &mut Procs,
 ) -> Result<()> {
@@ -839,18 +848,15 @@ fn start_servers(
         let Some(lp) = topo.pods.get(&pod.key()) else {
             continue;
         };
-        let tcp: BTreeSet<u16> = pod
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Tcp)
-            .map(|p| p.port)
-            .collect();
-        let udp: BTreeSet<u16> = pod
-            .ports
-            .iter()
-            .filter(|p| p.protocol == Protocol::Udp)
-            .map(|p| p.port)
-            .collect();
+        let served = served_ports(pod, routes);
+        let of = |proto| {
+            served
+                .iter()
+                .filter(|(p, _)| *p == proto)
+                .map(|(_, n)| *n)
+                .collect::<BTreeSet<u16>>()
+        };
+        let (tcp, udp) = (of(Protocol::Tcp), of(Protocol::Udp));
         if !tcp.is_empty() || !udp.is_empty() {
             add(&lp.ns, &pod.key(), &tcp, &udp, procs)?;
         }
@@ -921,15 +927,7 @@ fn plan(
                     continue;
                 };
                 let Some(dst_ip) = dst_ep.ip else { continue };
-                let mut ports: Vec<(Protocol, u16)> = dst
-                    .ports
-                    .iter()
-                    .filter(|p| p.protocol != Protocol::Sctp)
-                    .map(|p| (p.protocol, p.port))
-                    .collect();
-                ports.sort();
-                ports.dedup();
-                for (protocol, port) in ports {
+                for (protocol, port) in served_ports(dst, routes) {
                     let flow = Flow {
                         src: src_ep,
                         dst: dst_ep,
@@ -1261,8 +1259,11 @@ fn describe(allowed: Option<bool>, outcome: &Outcome) -> String {
     }
 }
 
+/// Checks what the tutorial says (the expectations of this step) against the engine; a
+/// flow to a Service is decided on each of its backends, as after kube-proxy's DNAT.
 fn check_tutorial(
     snap: &Snapshot,
+    routes: &[ServiceRoute],
     expects: &[Expect],
     (step_files, last): (&[&str], bool),
     mtls: bool,
@@ -1282,35 +1283,60 @@ fn check_tutorial(
     }
     let _ = writeln!(out, "\nWhat the tutorial says:");
     for e in here {
-        let proto = e
-            .protocol
-            .as_deref()
-            .and_then(Protocol::parse)
-            .unwrap_or(Protocol::Tcp);
-        let ep = |s: &str| -> Option<Endpoint> {
-            match s.parse::<IpAddr>() {
-                Ok(ip) => Some(snap.endpoint_for_ip(ip)),
-                Err(_) => pod_endpoint(snap, s, false),
-            }
+        let proto = e.protocol();
+        let decide = |src: Endpoint, dst: Endpoint, port: u16| {
+            snap.authorize(&Flow {
+                src,
+                dst,
+                protocol: proto,
+                port,
+                transport: transport_for(snap, &src, &dst, mtls),
+            })
+            .allowed()
         };
-        let verdict = match (ep(&e.from), ep(&e.to)) {
-            (Some(src), Some(dst)) => Some(
-                snap.authorize(&Flow {
-                    src,
-                    dst,
-                    protocol: proto,
-                    port: e.port,
-                    transport: transport_for(snap, &src, &dst, mtls),
-                })
-                .allowed(),
+        let endpoint = |t: &Target| match t {
+            Target::Ip(ip) => Some(snap.endpoint_for_ip(*ip)),
+            Target::Pod(ns, name) => snap.endpoint_for_pod(ns, name, Some(false)),
+            Target::Service(..) => None,
+        };
+        let src = Target::parse(&e.from).and_then(|t| endpoint(&t));
+        let (verdict, note) = match (src, Target::parse(&e.to)) {
+            (Some(src), Some(Target::Service(ns, name))) => {
+                let key = format!("{ns}/{name}");
+                let backends: Vec<&(String, SocketAddr)> = routes
+                    .iter()
+                    .filter(|r| {
+                        r.service == key
+                            && r.protocol == proto
+                            && r.frontend.port() == e.port
+                            && r.frontend.is_ipv4()
+                    })
+                    .flat_map(|r| r.backends.iter())
+                    .collect();
+                let verdicts: BTreeSet<bool> = backends
+                    .iter()
+                    .map(|(_, b)| decide(src, snap.endpoint_for_ip(b.ip()), b.port()))
+                    .collect();
+                match (backends.len(), verdicts.len()) {
+                    (0, _) => (Some(false), " (the Service has no backends)".to_owned()),
+                    (n, 1) => (
+                        verdicts.first().copied(),
+                        format!(" (on {n} backend{})", if n == 1 { "" } else { "s" }),
+                    ),
+                    (n, _) => (None, format!(" (its {n} backends disagree)")),
+                }
+            }
+            (Some(src), Some(to)) => (
+                endpoint(&to).map(|dst| decide(src, dst, e.port)),
+                String::new(),
             ),
-            _ => None,
+            _ => (None, String::new()),
         };
         let ok = verdict == Some(e.allowed);
         report.tutorial_checked += 1;
         let _ = writeln!(
             out,
-            "  {} {} -> {} {proto}/{}: {} — \"{}\"",
+            "  {} {} -> {} {proto}/{}: {}{note} — \"{}\"",
             if ok { "ok  " } else { "FAIL" },
             e.from,
             e.to,
@@ -1320,7 +1346,7 @@ fn check_tutorial(
         );
         if !ok {
             report.tutorial_failed.push(format!(
-                "tutorial: {} -> {} {proto}/{} should be {}",
+                "tutorial: {} -> {} {proto}/{} should be {}{note}",
                 e.from,
                 e.to,
                 e.port,

@@ -33,6 +33,7 @@ pub fn is_lab_address(ip: IpAddr) -> bool {
 
 /// A host outside the cluster (a stand-in for the internet or a metadata endpoint).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExternalSpec {
     /// A short name.
     pub name: String,
