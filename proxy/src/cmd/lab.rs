@@ -38,6 +38,10 @@ pub(crate) struct LabArgs {
     /// Audit log for each node's netward (FILE.<node>).
     #[arg(long)]
     audit_log: Option<PathBuf>,
+    /// Write the result as JSON to FILE: every probed matrix cell per step (observed and
+    /// expected), the mismatches and the tutorial's checks.
+    #[arg(long, value_name = "FILE")]
+    report: Option<std::path::PathBuf>,
     /// Remove every lab left running by --keep, and exit.
     #[arg(long)]
     cleanup: bool,
@@ -105,7 +109,17 @@ pub(crate) fn lab(args: &LabArgs) -> ExitCode {
         netward_bin,
         mtls: args.mtls,
     };
-    match run::run(&opts, &mut out) {
+    let result = run::run(&opts, &mut out);
+    if let (Some(path), Ok(report)) = (&args.report, &result) {
+        let written = serde_json::to_string_pretty(report)
+            .map_err(std::io::Error::other)
+            .and_then(|json| std::fs::write(path, json + "\n"));
+        if let Err(e) = written {
+            eprintln!("netward: error: --report {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    match result {
         Ok(report) if report.ok() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {

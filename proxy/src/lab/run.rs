@@ -225,8 +225,29 @@ impl Observed {
     }
 }
 
-/// The lab's result.
-#[derive(Debug, Default)]
+/// One probed matrix cell (IPv4), at one step: what was seen and what the engine says.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CellReport {
+    /// The step (1-based; the whole scenario is step 1 without `--step`).
+    pub step: usize,
+    /// The last file applied.
+    pub file: String,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The port.
+    pub port: u16,
+    /// The client pod, `namespace/name`.
+    pub from: String,
+    /// The server pod, `namespace/name`.
+    pub to: String,
+    /// What the probe saw (None: neither an answer nor what a denial gives).
+    pub observed: Option<bool>,
+    /// What the engine says.
+    pub expected: Option<bool>,
+}
+
+/// The lab's result (`--report FILE` writes it as JSON).
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     /// Probes whose observation matched the engine.
     pub matched: usize,
@@ -236,6 +257,8 @@ pub struct Report {
     pub tutorial_checked: usize,
     /// Failed tutorial expectations, described.
     pub tutorial_failed: Vec<String>,
+    /// Every matrix cell probed, per step.
+    pub cells: Vec<CellReport>,
 }
 
 impl Report {
@@ -524,7 +547,14 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
                 opts.mtls.is_some(),
             );
             let observed = run_probes(&topo, probes, opts, out);
-            print_step(&snap, &observed, opts, out, &mut report);
+            print_step(
+                &snap,
+                &observed,
+                (*upto, step_files.last().copied().unwrap_or_default()),
+                opts,
+                out,
+                &mut report,
+            );
             check_tutorial(
                 &snap,
                 &routes,
@@ -1110,6 +1140,7 @@ fn mark(b: Option<bool>) -> &'static str {
 fn print_step(
     snap: &Snapshot,
     observed: &[Observed],
+    (step, file): (usize, &str),
     opts: &Options,
     out: &mut dyn Write,
     report: &mut Report,
@@ -1118,6 +1149,16 @@ fn print_step(
     let mut cells: BTreeMap<(Protocol, u16), Cells<'_>> = BTreeMap::new();
     for o in observed.iter().filter(|o| !o.probe.v6) {
         if let Some((proto, port, from, to)) = &o.probe.cell {
+            report.cells.push(CellReport {
+                step,
+                file: file.to_owned(),
+                protocol: *proto,
+                port: *port,
+                from: from.clone(),
+                to: to.clone(),
+                observed: o.allowed(opts.reject),
+                expected: o.probe.expected,
+            });
             cells
                 .entry((*proto, *port))
                 .or_default()

@@ -1,0 +1,226 @@
+//! The five seed tutorials, their own YAML kept in `examples/seeds/` (issue #15): every
+//! outcome each tutorial states holds through `explain`, and `matrix`, `explain` and
+//! `lab` agree cell for cell at every step.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use netward_e2e::{netward_bin, root};
+
+fn seeds() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seeds");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    out.sort();
+    assert!(out.len() >= 5, "the seed examples: {out:?}");
+    out
+}
+
+fn netward(args: &[&str]) -> Output {
+    Command::new(netward_bin()).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A copy of `dir` holding the files up to `last` (name order): the scenario at that step.
+fn upto(dir: &Path, last: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.ends_with(".yaml") && name.as_str() <= last {
+            std::fs::copy(&p, tmp.path().join(&name)).unwrap();
+        }
+    }
+    tmp
+}
+
+/// The files of a scenario that hold Kubernetes objects, in order.
+fn step_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_str().unwrap().to_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "expect.yaml")
+        .collect();
+    names.sort();
+    names
+}
+
+struct Expect {
+    from: String,
+    to: String,
+    port: u16,
+    protocol: String,
+    allowed: bool,
+    step: Option<String>,
+}
+
+fn expectations(dir: &Path) -> Vec<Expect> {
+    let text = std::fs::read_to_string(dir.join("expect.yaml")).unwrap();
+    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let s = |e: &serde_yaml::Value, k: &str| e.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    v["spec"]["expect"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| Expect {
+            from: s(e, "from").unwrap(),
+            to: s(e, "to").unwrap(),
+            port: u16::try_from(e["port"].as_u64().unwrap()).unwrap(),
+            protocol: s(e, "protocol").unwrap_or_else(|| "TCP".into()),
+            allowed: e["allowed"].as_bool().unwrap(),
+            step: s(e, "step"),
+        })
+        .collect()
+}
+
+/// `explain` exits 0 for allowed and 1 for denied; anything else is a failure to answer.
+fn explain(dir: &Path, from: &str, to: &str, port: u16, protocol: &str) -> (bool, String) {
+    let o = netward(&[
+        "explain",
+        "-f",
+        dir.to_str().unwrap(),
+        "--from",
+        from,
+        "--to",
+        to,
+        "--port",
+        &port.to_string(),
+        "--protocol",
+        protocol,
+    ]);
+    let out = text(&o);
+    match o.status.code() {
+        Some(0) => (true, out),
+        Some(1) => (false, out),
+        other => panic!("explain {from} -> {to} {protocol}/{port} exited {other:?}:\n{out}"),
+    }
+}
+
+/// Every outcome the tutorials state, at the step they state it, through `explain` (no
+/// root: the engine on the YAML).
+#[test]
+fn every_tutorial_statement_holds_through_explain() {
+    let mut checked = 0;
+    for dir in seeds() {
+        let steps = step_files(&dir);
+        for e in expectations(&dir) {
+            let last = e
+                .step
+                .clone()
+                .unwrap_or_else(|| steps.last().unwrap().clone());
+            let at = upto(&dir, &last);
+            let (allowed, out) = explain(at.path(), &e.from, &e.to, e.port, &e.protocol);
+            assert_eq!(
+                allowed,
+                e.allowed,
+                "{}: {} -> {} {}/{} after {last}:\n{out}",
+                dir.display(),
+                e.from,
+                e.to,
+                e.protocol,
+                e.port
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 50, "only {checked} statements");
+}
+
+/// `lab --step` on each tutorial: real traffic agrees with the engine on every cell at
+/// every step, and the tutorial's statements hold; then each of those cells is the same
+/// in `matrix -o json` and in `explain` on the YAML up to that step.
+#[test]
+fn matrix_explain_and_lab_agree_cell_for_cell() {
+    if !root() {
+        return;
+    }
+    let mut cells_checked = 0;
+    for dir in seeds() {
+        let report_file = tempfile::NamedTempFile::new().unwrap();
+        let o = netward(&[
+            "lab",
+            dir.to_str().unwrap(),
+            "--step",
+            "--ipv4-only",
+            "--report",
+            report_file.path().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "lab {}:\n{}", dir.display(), text(&o));
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(report_file.path()).unwrap()).unwrap();
+        let cells = report["cells"].as_array().unwrap();
+        assert!(!cells.is_empty(), "{}: no cells probed", dir.display());
+        // matrix once per (step, protocol, port).
+        let mut matrices: std::collections::BTreeMap<(String, String, u64), serde_json::Value> =
+            std::collections::BTreeMap::new();
+        for c in cells {
+            let file = c["file"].as_str().unwrap().to_owned();
+            let proto = c["protocol"].as_str().unwrap().to_owned();
+            let port = c["port"].as_u64().unwrap();
+            let (from, to) = (c["from"].as_str().unwrap(), c["to"].as_str().unwrap());
+            let observed = c["observed"].as_bool();
+            let expected = c["expected"].as_bool();
+            assert_eq!(
+                observed,
+                expected,
+                "{}: lab observed != engine: {c}",
+                dir.display()
+            );
+            let at = upto(&dir, &file);
+            let m = matrices
+                .entry((file.clone(), proto.clone(), port))
+                .or_insert_with(|| {
+                    let o = netward(&[
+                        "matrix",
+                        "-f",
+                        at.path().to_str().unwrap(),
+                        "--protocol",
+                        &proto,
+                        "--port",
+                        &port.to_string(),
+                        "-o",
+                        "json",
+                        "-A",
+                    ]);
+                    assert!(o.status.success(), "matrix: {}", text(&o));
+                    serde_json::from_slice(&o.stdout).unwrap()
+                });
+            let pods: Vec<&str> = m["pods"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            let i = pods.iter().position(|p| *p == from).unwrap();
+            let j = pods.iter().position(|p| *p == to).unwrap();
+            let in_matrix = m["allowed"][i][j].as_bool();
+            assert_eq!(
+                in_matrix,
+                observed,
+                "{} after {file}: matrix != lab for {from} -> {to} {proto}/{port}",
+                dir.display()
+            );
+            let (by_explain, out) =
+                explain(at.path(), from, to, u16::try_from(port).unwrap(), &proto);
+            assert_eq!(
+                Some(by_explain),
+                observed,
+                "{} after {file}: explain != lab for {from} -> {to} {proto}/{port}:\n{out}",
+                dir.display()
+            );
+            cells_checked += 1;
+        }
+    }
+    assert!(cells_checked >= 50, "only {cells_checked} cells");
+}
