@@ -399,42 +399,20 @@ pub fn example(name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// One expectation of a bundled example (`expect.yaml`).
-#[derive(Clone, Debug, serde::Deserialize)]
-pub struct Expect {
-    /// `ns/pod` or an IP.
-    pub from: String,
-    /// `ns/pod` or an IP.
-    pub to: String,
-    /// Destination port.
-    pub port: u16,
-    /// `TCP` (default) or `UDP`.
-    #[serde(default)]
-    pub protocol: Option<String>,
-    /// What the tutorial says.
-    pub allowed: bool,
-    /// The file after which it holds (default: all files).
-    #[serde(default)]
-    pub step: Option<String>,
-    /// The tutorial's words.
-    pub says: String,
-}
-
-impl Expect {
-    /// Whether this is a TCP expectation.
-    pub fn tcp(&self) -> bool {
-        self.protocol
-            .as_deref()
-            .is_none_or(|p| p.eq_ignore_ascii_case("tcp"))
-    }
-}
+pub use netward_proxy::lab::expect::Expect;
 
 /// The expectations of a bundled example.
 pub fn expectations(name: &str) -> Vec<Expect> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-        .join("expect.yaml");
+    expectations_at(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(name),
+    )
+}
+
+/// The expectations of a scenario directory (its `expect.yaml`).
+pub fn expectations_at(dir: &Path) -> Vec<Expect> {
+    let path = dir.join("expect.yaml");
     let doc: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     serde_yaml::from_value(doc["spec"]["expect"].clone()).unwrap()

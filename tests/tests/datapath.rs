@@ -52,11 +52,15 @@ fn probe_expectation(lab: &Lab, e: &netward_e2e::Expect, v6: bool) -> Result<(),
         "{} -> {} {}/{} (v6={v6}): the tutorial says {:?}",
         e.from,
         e.to,
-        if e.tcp() { "TCP" } else { "UDP" },
+        if e.protocol() == netward_controller::Protocol::Tcp {
+            "TCP"
+        } else {
+            "UDP"
+        },
         e.port,
         e.says
     );
-    if !e.tcp() {
+    if e.protocol() != netward_controller::Protocol::Tcp {
         let got = lab.udp(&e.from, &e.to, e.port, v6, PROBE);
         let want = if e.allowed {
             Outcome::Ok
@@ -105,7 +109,13 @@ fn tutorial(name: &str) {
     let extra: Vec<(String, bool, u16)> = expects
         .iter()
         .filter(|e| e.allowed)
-        .map(|e| (e.to.clone(), e.tcp(), e.port))
+        .map(|e| {
+            (
+                e.to.clone(),
+                e.protocol() == netward_controller::Protocol::Tcp,
+                e.port,
+            )
+        })
         .collect();
     let refs: Vec<(&str, &str)> = docs.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     let lab = Lab::build_with_ports(&refs, true, &extra);

@@ -24,6 +24,21 @@ fn lab(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// The rogue-pod example with one expectation of the test's own (a YAML flow mapping).
+fn rogue_pod_expecting(entry: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rogue-pod");
+    for f in ["00-cluster.yaml", "10-backend-policy.yaml"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("expect.yaml"),
+        format!("apiVersion: netward.io/v1alpha1\nkind: Expectations\nmetadata: {{name: mine}}\nspec:\n  expect:\n    - {entry}\n"),
+    )
+    .unwrap();
+    dir
+}
+
 #[test]
 fn every_bundled_scenario_matches_the_engine() {
     if !root() {
@@ -59,16 +74,9 @@ fn lab_exits_1_naming_cells_that_differ() {
         return;
     }
     // A scenario whose tutorial expectation is wrong on purpose: the lab must say so.
-    let dir = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rogue-pod");
-    for f in ["00-cluster.yaml", "10-backend-policy.yaml"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("expect.yaml"),
-        "apiVersion: netward.io/v1alpha1\nkind: Expectations\nmetadata: {name: wrong}\nspec:\n  expect:\n    - {from: netpol-test/rogue-pod, to: netpol-test/backend, port: 80, allowed: true, says: wrong on purpose}\n",
-    )
-    .unwrap();
+    let dir = rogue_pod_expecting(
+        "{from: netpol-test/rogue-pod, to: netpol-test/backend, port: 80, allowed: true, says: wrong on purpose}",
+    );
     let (ok, out) = lab(&[dir.path().to_str().unwrap(), "--ipv4-only"]);
     assert!(!ok, "{out}");
     assert!(
@@ -180,16 +188,9 @@ fn a_malformed_expectation_is_an_error_not_skipped() {
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rogue-pod");
-    for f in ["00-cluster.yaml", "10-backend-policy.yaml"] {
-        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("expect.yaml"),
-        "apiVersion: netward.io/v1alpha1\nkind: Expectations\nmetadata: {name: typo}\nspec:\n  expect:\n    - {from: netpol-test/rogue-pod, to: netpol-test/backend, port: 80, alowed: true, says: a typo}\n",
-    )
-    .unwrap();
+    let dir = rogue_pod_expecting(
+        "{from: netpol-test/rogue-pod, to: netpol-test/backend, port: 80, alowed: true, says: a typo}",
+    );
     let out = Command::new(netward_bin())
         .args(["lab", dir.path().to_str().unwrap(), "--ipv4-only"])
         .output()
@@ -197,7 +198,7 @@ fn a_malformed_expectation_is_an_error_not_skipped() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(
-        text.contains("expect.yaml: document 1: Expectations typo: spec.expect[0].alowed: unknown field `alowed`"),
+        text.contains("expect.yaml: document 1: Expectations mine: spec.expect[0].alowed: unknown field `alowed`"),
         "{text}"
     );
 }

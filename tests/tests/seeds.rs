@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use netward_e2e::{netward_bin, root};
+use netward_e2e::{expectations_at, netward_bin, root};
 
 fn seeds() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/seeds");
@@ -56,34 +56,6 @@ fn step_files(dir: &Path) -> Vec<String> {
     names
 }
 
-struct Expect {
-    from: String,
-    to: String,
-    port: u16,
-    protocol: String,
-    allowed: bool,
-    step: Option<String>,
-}
-
-fn expectations(dir: &Path) -> Vec<Expect> {
-    let text = std::fs::read_to_string(dir.join("expect.yaml")).unwrap();
-    let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    let s = |e: &serde_yaml::Value, k: &str| e.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-    v["spec"]["expect"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|e| Expect {
-            from: s(e, "from").unwrap(),
-            to: s(e, "to").unwrap(),
-            port: u16::try_from(e["port"].as_u64().unwrap()).unwrap(),
-            protocol: s(e, "protocol").unwrap_or_else(|| "TCP".into()),
-            allowed: e["allowed"].as_bool().unwrap(),
-            step: s(e, "step"),
-        })
-        .collect()
-}
-
 /// `explain` exits 0 for allowed and 1 for denied; anything else is a failure to answer.
 fn explain(dir: &Path, from: &str, to: &str, port: u16, protocol: &str) -> (bool, String) {
     let o = netward(&[
@@ -114,13 +86,14 @@ fn every_tutorial_statement_holds_through_explain() {
     let mut checked = 0;
     for dir in seeds() {
         let steps = step_files(&dir);
-        for e in expectations(&dir) {
+        for e in expectations_at(&dir) {
             let last = e
                 .step
                 .clone()
                 .unwrap_or_else(|| steps.last().unwrap().clone());
             let at = upto(&dir, &last);
-            let (allowed, out) = explain(at.path(), &e.from, &e.to, e.port, &e.protocol);
+            let protocol = e.protocol().as_str();
+            let (allowed, out) = explain(at.path(), &e.from, &e.to, e.port, protocol);
             assert_eq!(
                 allowed,
                 e.allowed,
@@ -128,7 +101,7 @@ fn every_tutorial_statement_holds_through_explain() {
                 dir.display(),
                 e.from,
                 e.to,
-                e.protocol,
+                protocol,
                 e.port
             );
             checked += 1;
