@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use netward_controller::model::{Direction, Node};
 use netward_controller::render::DecisionReport;
+use netward_controller::workloads::WorkloadKind;
 use netward_controller::{
     Cluster, Endpoint, Flow, Manifests, MtlsMode, Protocol, Snapshot, Transport,
 };
@@ -145,7 +146,10 @@ impl Scenario {
 fn is_only_netward(text: &str) -> bool {
     let mut m = Manifests::default();
     m.read_str(Path::new("x"), text);
+    // Workloads' pods count as pods (a Deployment with `replicas: 0` as a workload).
+    m.finish();
     m.cluster.pods.is_empty()
+        && m.workloads.is_empty()
         && m.cluster.policies.is_empty()
         && m.cluster.namespaces.is_empty()
         && m.cluster.services.is_empty()
@@ -332,6 +336,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
     for (name, text) in &opts.scenario.files {
         all.read_str(Path::new(name), text);
     }
+    // Workloads become pods once every file is read (a DaemonSet needs every node).
+    all.finish();
     if !all.errors.is_empty() {
         let list: Vec<String> = all.errors.iter().map(|e| format!("  {e}")).collect();
         return Err(Error::Manifests(list.join("\n")));
@@ -718,25 +724,32 @@ fn write_step(
                 );
             }
         }
+        if let Some(workload) = WorkloadKind::parse(&kind) {
+            // netward on the nodes reads this directory with the same `Manifests` reader.
+            // It gets the pods the lab planned for this workload, as Pod objects with their
+            // addresses and nodes, *instead of* the workload: the reader would expand the
+            // workload again, into pods without addresses whose names clash with these.
+            let owner = format!("{kind} {}", key.1);
+            let template = workload
+                .template_path()
+                .iter()
+                .try_fold(&v, |cur, k| cur.get(*k))
+                .cloned()
+                .unwrap_or_default();
+            for pod in cluster
+                .pods
+                .values()
+                .filter(|p| p.namespace == key.0 && p.owner.as_deref() == Some(owner.as_str()))
+            {
+                let mut doc = workload_pod(&template, pod);
+                fill_pod(&mut doc, pod);
+                docs.push(serde_yaml::to_string(&doc).unwrap_or_default());
+            }
+            continue;
+        }
         if kind == "Pod" {
             if let Some(pod) = cluster.pods.get(&key) {
-                let ips: Vec<serde_yaml::Value> = pod
-                    .ips
-                    .iter()
-                    .map(|ip| {
-                        serde_yaml::Value::Mapping(
-                            [("ip".into(), ip.to_string().into())].into_iter().collect(),
-                        )
-                    })
-                    .collect();
-                set_path(
-                    &mut v,
-                    &["status", "podIPs"],
-                    serde_yaml::Value::Sequence(ips),
-                );
-                if let Some(node) = &pod.node {
-                    set_path(&mut v, &["spec", "nodeName"], node.clone().into());
-                }
+                fill_pod(&mut v, pod);
             }
         } else if kind == "Service"
             && let Some(svc) = cluster.services.get(&key)
@@ -755,6 +768,52 @@ fn write_step(
         docs.push(serde_yaml::to_string(&v).unwrap_or_default());
     }
     std::fs::write(dir.join(name), docs.join("---\n")).map_err(io(format!("writing {name}")))
+}
+
+/// Writes the lab's placement and addresses into a Pod object (nodeName, podIPs).
+fn fill_pod(v: &mut serde_yaml::Value, pod: &netward_controller::model::Pod) {
+    let ips: Vec<serde_yaml::Value> = pod
+        .ips
+        .iter()
+        .map(|ip| {
+            serde_yaml::Value::Mapping([("ip".into(), ip.to_string().into())].into_iter().collect())
+        })
+        .collect();
+    set_path(v, &["status", "podIPs"], serde_yaml::Value::Sequence(ips));
+    if let Some(node) = &pod.node {
+        set_path(v, &["spec", "nodeName"], node.clone().into());
+    }
+}
+
+/// The Pod object a workload's pod template makes for `pod` (its name and namespace
+/// set; the template's other metadata and its spec as they are).
+fn workload_pod(
+    template: &serde_yaml::Value,
+    pod: &netward_controller::model::Pod,
+) -> serde_yaml::Value {
+    let mut meta = match template.get("metadata") {
+        Some(serde_yaml::Value::Mapping(m)) => m.clone(),
+        _ => serde_yaml::Mapping::new(),
+    };
+    for k in ["name", "generateName", "namespace"] {
+        meta.remove(k);
+    }
+    meta.insert("name".into(), pod.name.clone().into());
+    meta.insert("namespace".into(), pod.namespace.clone().into());
+    let spec = match template.get("spec") {
+        Some(s @ serde_yaml::Value::Mapping(_)) => s.clone(),
+        _ => serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
+    };
+    serde_yaml::Value::Mapping(
+        [
+            ("apiVersion".into(), "v1".into()),
+            ("kind".into(), "Pod".into()),
+            ("metadata".into(), serde_yaml::Value::Mapping(meta)),
+            ("spec".into(), spec),
+        ]
+        .into_iter()
+        .collect(),
+    )
 }
 
 /// The names of the Namespace objects a YAML text declares.
