@@ -362,10 +362,7 @@ impl Manifests {
                 }
             }
             "Namespace" => {
-                if let Some(ns) = self
-                    .typed::<core::Namespace>(path, doc, &object, value)
-                    .ok()
-                {
+                if let Ok(ns) = self.typed::<core::Namespace>(path, doc, &object, value) {
                     match Namespace::from_api(&ns) {
                         Ok(ns) => {
                             if self.note_origin(
@@ -382,7 +379,7 @@ impl Manifests {
                 }
             }
             "Pod" => {
-                if let Some(pod) = self.typed::<core::Pod>(path, doc, &object, value).ok() {
+                if let Ok(pod) = self.typed::<core::Pod>(path, doc, &object, value) {
                     match Pod::from_api(&pod) {
                         Ok(pod) => {
                             if self.note_origin(path, doc, &object, format!("Pod/{}", pod.key())) {
@@ -394,7 +391,7 @@ impl Manifests {
                 }
             }
             "Service" => {
-                if let Some(svc) = self.typed::<core::Service>(path, doc, &object, value).ok() {
+                if let Ok(svc) = self.typed::<core::Service>(path, doc, &object, value) {
                     match Service::from_api(&svc) {
                         Ok(svc) => {
                             if self.note_origin(
@@ -411,7 +408,7 @@ impl Manifests {
                 }
             }
             "Node" => {
-                if let Some(node) = self.typed::<core::Node>(path, doc, &object, value).ok() {
+                if let Ok(node) = self.typed::<core::Node>(path, doc, &object, value) {
                     match Node::from_api(&node) {
                         Ok(node) => {
                             if self.note_origin(path, doc, &object, format!("Node/{}", node.name)) {

@@ -410,3 +410,47 @@ fn untag(value: Value) -> Value {
     }
     cur
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances_and_suggestions() {
+        for (a, b, d) in [
+            ("form", "from", 1),
+            ("prot", "port", 1),
+            ("podSelectr", "podSelector", 1),
+            ("", "to", 2),
+            ("kitten", "sitting", 3),
+            ("ca", "abc", 3),
+        ] {
+            assert_eq!(distance(a, b), d, "{a} {b}");
+            assert_eq!(distance(b, a), d, "{b} {a}");
+        }
+        let fields = ["from", "ports"];
+        assert_eq!(nearest("form", fields), Some("from"));
+        assert_eq!(nearest("Ports", fields), Some("ports"));
+        assert_eq!(nearest("x", fields), None);
+        assert_eq!(nearest("allowAll", fields), None);
+        // Short words take one edit at most: `Role` is not a misspelled `Node`.
+        assert_eq!(nearest("Role", ["Node"]), None);
+        assert_eq!(nearest("Nod", ["Node"]), Some("Node"));
+    }
+
+    #[test]
+    fn unknown_fields_are_found_at_every_depth_but_not_in_status_or_when_null() {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let value: Value = serde_yaml::from_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, bogus: null}\n\
+             spec: {podSelector: {}, ingress: [{}, {form: []}]}\nstatus: {anything: 1}\n",
+        )
+        .unwrap_or_default();
+        let (_, unknown) = decode::<NetworkPolicy>(value).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(unknown.len(), 1, "{unknown:?}");
+        assert_eq!(
+            unknown[0].to_string(),
+            "spec.ingress[1].form: unknown field \"form\": did you mean \"from\"?"
+        );
+    }
+}

@@ -161,9 +161,9 @@ fn a_near_miss_kind_is_an_error_and_a_near_miss_policy_still_isolates() {
         "NetworkPolicies",
         "NetworkPolcy",
     ] {
-        let m = read(&policy(&format!(
-            "metadata: {{name: bad, namespace: a}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  ingress: [{{}}]"
-        ))
+        let m = read(&policy(
+            "metadata: {name: bad, namespace: a}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  ingress: [{}]",
+        )
         .replace("kind: NetworkPolicy", &format!("kind: {kind}")));
         let all = errors(&m);
         assert!(

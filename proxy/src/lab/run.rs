@@ -1470,3 +1470,96 @@ pub fn cleanup(out: &mut dyn Write) -> usize {
     }
     removed.len()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is a failure
+
+    use super::*;
+
+    const SCENARIO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}, annotations: {a: b}}
+    spec:
+      containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}]}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: shop}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: c, image: x, ports: [{containerPort: 9100}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {nodeName: node-b, containers: [{name: c, image: x}]}
+"#;
+
+    /// What the engine and the network agree on for each pod.
+    fn plan(c: &Cluster) -> Vec<String> {
+        c.pods
+            .values()
+            .map(|p| {
+                format!(
+                    "{} {:?} {:?} {:?} {:?} {}",
+                    p.key(),
+                    p.ips,
+                    p.node,
+                    p.labels,
+                    p.ports,
+                    p.host_network
+                )
+            })
+            .collect()
+    }
+
+    /// The node agents read the written directory with the same reader: they must see
+    /// exactly the pods the lab planned (workload pods with their addresses and nodes),
+    /// not the workload expanded a second time.
+    #[test]
+    fn node_agents_read_exactly_the_pods_the_lab_planned() {
+        let mut all = Manifests::default();
+        all.read_str(Path::new("00-app.yaml"), SCENARIO);
+        all.finish();
+        assert!(all.errors.is_empty(), "{:?}", all.errors);
+        let mut cluster = all.cluster.clone();
+        topology::assign_addresses(&mut cluster);
+        // web-0, web-1, client, and the DaemonSet's pod on the one node (node-b).
+        assert_eq!(cluster.pods.len(), 4);
+        assert!(
+            cluster
+                .pods
+                .contains_key(&("shop".to_owned(), "agent-node-b".to_owned()))
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        write_step(dir.path(), "00-app.yaml", SCENARIO, &cluster, None).unwrap();
+        let mut read = Manifests::read_paths(&[dir.path()]);
+        assert!(read.errors.is_empty(), "{:?}", read.errors);
+        assert!(read.workloads.is_empty(), "{:?}", read.workloads);
+        assert_eq!(plan(&read.cluster), plan(&cluster));
+        // And the engine's snapshot of it (as `engine_snapshot` makes it) is the lab's.
+        topology::assign_addresses(&mut read.cluster);
+        assert_eq!(plan(&read.cluster), plan(&cluster));
+    }
+
+    #[test]
+    fn a_file_with_only_a_workload_is_a_step() {
+        let deployment = SCENARIO.split("---").next().unwrap();
+        assert!(!is_only_netward(&format!(
+            "{deployment}---\napiVersion: netward.io/v1\nkind: Expectations\nspec: {{expect: []}}\n"
+        )));
+        assert!(is_only_netward(
+            "apiVersion: netward.io/v1\nkind: Expectations\nspec: {expect: []}\n"
+        ));
+    }
+}
