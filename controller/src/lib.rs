@@ -4,6 +4,7 @@
 //! The engine is pure: plain data in, a [`Decision`] out, with its reason. No tokio,
 //! no kube client.
 
+pub mod addresses;
 pub mod cluster;
 pub mod engine;
 #[cfg(feature = "kube")]
@@ -12,6 +13,8 @@ pub mod load;
 pub mod model;
 pub mod render;
 pub mod snapshot;
+pub mod strict;
+pub mod workloads;
 
 pub use cluster::Cluster;
 pub use engine::{

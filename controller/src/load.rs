@@ -1,15 +1,25 @@
 //! The manifest-file source: standard Kubernetes YAML or JSON, multi-document
 //! files, `kind: List`, and directories of `.yaml`/`.yml`/`.json` files.
+//!
+//! Objects are decoded strictly ([`crate::strict`]): a field the API does not have is an
+//! error with the nearest valid name, as kubectl's strict field validation rejects it,
+//! and so is a `kind` that is a near miss of one netward reads. Workloads (Deployments,
+//! ...) become the pods they would run ([`crate::workloads`]) once every file is read
+//! ([`Manifests::finish`]), since a DaemonSet needs every node.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use serde::Deserialize;
 
 use crate::cluster::Cluster;
 use crate::model::{FieldError, Namespace, NetworkPolicy, Node, Pod, Service};
+use crate::strict;
+use crate::workloads::{Replicas, Workload, WorkloadKind};
 
 /// Errors while reading manifests.
 #[derive(Debug, thiserror::Error)]
@@ -62,32 +72,145 @@ pub enum Error {
 /// Convenience alias for this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The kinds netward reads (besides lists of them).
+pub const READ_KINDS: &[&str] = &[
+    "Namespace",
+    "Pod",
+    "Service",
+    "Node",
+    "NetworkPolicy",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+];
+
+/// Kinds of the API groups netward reads from that it knowingly skips: never taken for
+/// a misspelling of one it reads.
+const SKIPPED_KINDS: &[&str] = &[
+    "Binding",
+    "ComponentStatus",
+    "ConfigMap",
+    "ControllerRevision",
+    "Endpoints",
+    "Event",
+    "Ingress",
+    "IngressClass",
+    "IPAddress",
+    "LimitRange",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "PodTemplate",
+    "ReplicationController",
+    "ResourceQuota",
+    "Secret",
+    "ServiceAccount",
+    "ServiceCIDR",
+];
+
+/// The API groups whose kinds can be misspellings of the ones netward reads (a custom
+/// resource in its own group, `cilium.io/v2 CiliumNetworkPolicy`, never is).
+const READ_GROUPS: &[&str] = &["", "apps", "batch", "networking.k8s.io", "extensions"];
+
+/// The kind netward reads that `kind` is most likely a misspelling of: equal but for
+/// case, a plural, or a small edit away. `None` for a kind it knowingly skips.
+fn near_kind(kind: &str) -> Option<&'static str> {
+    if SKIPPED_KINDS.contains(&kind)
+        || kind.ends_with("List") && READ_KINDS.contains(&&kind[..kind.len() - 4])
+    {
+        return None;
+    }
+    let lower = kind.to_ascii_lowercase();
+    let plural = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        let ies = k.strip_suffix('y').map(|stem| format!("{stem}ies"));
+        lower == k
+            || lower == format!("{k}s")
+            || lower == format!("{k}es")
+            || Some(&lower) == ies.as_ref()
+    };
+    READ_KINDS
+        .iter()
+        .copied()
+        .find(|k| plural(k))
+        .or_else(|| strict::nearest(kind, READ_KINDS.iter().copied()))
+}
+
+/// A workload read but not yet expanded into pods (see [`Manifests::finish`]).
+#[derive(Debug)]
+struct Pending {
+    path: PathBuf,
+    doc: usize,
+    object: String,
+    workload: Workload,
+}
+
 /// What reading manifests produced: the objects, and every problem found.
 ///
 /// Invalid NetworkPolicies are *in* `cluster` as isolating-only policies (fail closed);
 /// their problems are in `errors` too.
 #[derive(Debug, Default)]
 pub struct Manifests {
-    /// The objects read.
+    /// The objects read, workloads' pods included once [`Manifests::finish`] has run.
     pub cluster: Cluster,
-    /// Every problem, in file order.
+    /// Every problem, in file order (the expansion of workloads' pods comes last).
     pub errors: Vec<Error>,
-    /// Objects of kinds netward does not read (Deployment, ConfigMap, ...), as `file: Kind ns/name`.
+    /// Objects of kinds netward does not read (ConfigMap, Secret, ...), as `file: Kind ns/name`.
     pub ignored: Vec<String>,
+    /// The workloads expanded into pods by [`Manifests::finish`], each with its pods' names.
+    pub workloads: Vec<Workload>,
     /// netward's own objects (`apiVersion: netward.io/...`), for the lab and tests.
     pub netward: Vec<serde_yaml::Value>,
     /// Where each object came from, for duplicate detection: `Kind/ns/name` -> `file#doc`.
     origins: std::collections::HashMap<String, String>,
+    /// Workloads read since the last `finish`.
+    pending: Vec<Pending>,
 }
 
 impl Manifests {
-    /// Reads every path (a file, or a directory of `.yaml`/`.yml`/`.json` files, recursively, sorted).
+    /// Reads every path (a file, or a directory of `.yaml`/`.yml`/`.json` files,
+    /// recursively, sorted), then expands the workloads ([`Manifests::finish`]).
     pub fn read_paths<P: AsRef<Path>>(paths: &[P]) -> Manifests {
         let mut m = Manifests::default();
         for p in paths {
             m.read_path(p.as_ref());
         }
+        m.finish();
         m
+    }
+
+    /// Expands the workloads read since the last call into their pods, in `cluster`.
+    ///
+    /// Call it once every file is read ([`Manifests::read_paths`] and
+    /// [`Manifests::into_clean`] do): a DaemonSet runs one pod per node, and the nodes may
+    /// come from any file. Other workloads first, in the order read, then DaemonSets.
+    /// A pod named like one already read is a [`Error::Duplicate`].
+    pub fn finish(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let (per_node, counted): (Vec<Pending>, Vec<Pending>) = pending
+            .into_iter()
+            .partition(|p| p.workload.replicas == Replicas::PerNode);
+        for p in counted {
+            self.expand(p, &[]);
+        }
+        let nodes = crate::workloads::known_nodes(&self.cluster);
+        for p in per_node {
+            self.expand(p, &nodes);
+        }
+    }
+
+    fn expand(&mut self, p: Pending, nodes: &[String]) {
+        let mut w = p.workload;
+        for pod in w.expand(nodes) {
+            let object = format!("Pod {} (of {})", pod.key(), p.object);
+            if self.note_origin(&p.path, p.doc, &object, format!("Pod/{}", pod.key())) {
+                w.pods.push(pod.name.clone());
+                self.cluster.upsert_pod(pod);
+            }
+        }
+        self.workloads.push(w);
     }
 
     /// Reads one file or directory into this set.
@@ -158,7 +281,11 @@ impl Manifests {
             .and_then(|m| m.get("name"))
             .and_then(|v| v.as_str())
             .unwrap_or("<unnamed>");
-        let object = if ns.is_empty() || kind == "Namespace" || kind == "Node" {
+        let namespaced = matches!(kind.as_str(), "Pod" | "Service" | "NetworkPolicy")
+            || WorkloadKind::parse(&kind).is_some();
+        let object = if namespaced && ns.is_empty() {
+            format!("{kind} default/{name}")
+        } else if ns.is_empty() || kind == "Namespace" || kind == "Node" {
             format!("{kind} {name}")
         } else {
             format!("{kind} {ns}/{name}")
@@ -218,20 +345,24 @@ impl Manifests {
             return;
         }
         match kind.as_str() {
-            "List" | "NamespaceList" | "PodList" | "NetworkPolicyList" | "ServiceList"
-            | "NodeList" => match value.get("items") {
-                Some(serde_yaml::Value::Sequence(items)) => {
-                    for item in items.clone() {
-                        self.read_value(path, doc, item);
+            k if k == "List"
+                || k.strip_suffix("List")
+                    .is_some_and(|k| READ_KINDS.contains(&k)) =>
+            {
+                match value.get("items") {
+                    Some(serde_yaml::Value::Sequence(items)) => {
+                        for item in items.clone() {
+                            self.read_value(path, doc, item);
+                        }
                     }
+                    None | Some(serde_yaml::Value::Null) => {}
+                    Some(_) => self
+                        .errors
+                        .push(object_err("items", "expected a list of objects".to_owned())),
                 }
-                None | Some(serde_yaml::Value::Null) => {}
-                Some(_) => self
-                    .errors
-                    .push(object_err("items", "expected a list of objects".to_owned())),
-            },
+            }
             "Namespace" => {
-                if let Some(ns) = self.typed::<core::Namespace>(path, doc, &object, value) {
+                if let Ok(ns) = self.typed::<core::Namespace>(path, doc, &object, value) {
                     match Namespace::from_api(&ns) {
                         Ok(ns) => {
                             if self.note_origin(
@@ -248,7 +379,7 @@ impl Manifests {
                 }
             }
             "Pod" => {
-                if let Some(pod) = self.typed::<core::Pod>(path, doc, &object, value) {
+                if let Ok(pod) = self.typed::<core::Pod>(path, doc, &object, value) {
                     match Pod::from_api(&pod) {
                         Ok(pod) => {
                             if self.note_origin(path, doc, &object, format!("Pod/{}", pod.key())) {
@@ -260,7 +391,7 @@ impl Manifests {
                 }
             }
             "Service" => {
-                if let Some(svc) = self.typed::<core::Service>(path, doc, &object, value) {
+                if let Ok(svc) = self.typed::<core::Service>(path, doc, &object, value) {
                     match Service::from_api(&svc) {
                         Ok(svc) => {
                             if self.note_origin(
@@ -277,7 +408,7 @@ impl Manifests {
                 }
             }
             "Node" => {
-                if let Some(node) = self.typed::<core::Node>(path, doc, &object, value) {
+                if let Ok(node) = self.typed::<core::Node>(path, doc, &object, value) {
                     match Node::from_api(&node) {
                         Ok(node) => {
                             if self.note_origin(path, doc, &object, format!("Node/{}", node.name)) {
@@ -293,19 +424,10 @@ impl Manifests {
                 let name = name.to_owned();
                 let (policy, reported) =
                     match self.typed::<net::NetworkPolicy>(path, doc, &object, value) {
-                        Some(np) => (NetworkPolicy::from_api(&np), false),
-                        // Undecodable: still isolate (fail closed). `typed` recorded the error.
-                        None => (
-                            NetworkPolicy::unreadable(
-                                &ns_name,
-                                &name,
-                                FieldError {
-                                    field: String::new(),
-                                    message: "the object could not be decoded".to_owned(),
-                                },
-                            ),
-                            true,
-                        ),
+                        Ok(np) => (NetworkPolicy::from_api(&np), false),
+                        // Undecodable, or with unknown fields (whose meaning is lost): still
+                        // isolate (fail closed). `typed` recorded the errors.
+                        Err(first) => (NetworkPolicy::unreadable(&ns_name, &name, first), true),
                     };
                 if !self.note_origin(
                     path,
@@ -320,14 +442,106 @@ impl Manifests {
                 }
                 self.cluster.upsert_policy(policy);
             }
+            k if WorkloadKind::parse(k).is_some() => self.read_workload(path, doc, &object, value),
             "" => self
                 .errors
                 .push(object_err("kind", "missing kind".to_owned())),
-            other => self.ignored.push(format!(
-                "{}: {other} {}",
-                path.display(),
-                object.trim_start_matches(other).trim()
-            )),
+            other => {
+                let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+                match near_kind(other).filter(|_| READ_GROUPS.contains(&group)) {
+                    Some(meant) => self.misspelled_kind(path, doc, other, meant, ns, name),
+                    None => self.ignored.push(format!(
+                        "{}: {other} {}",
+                        path.display(),
+                        object.trim_start_matches(other).trim()
+                    )),
+                }
+            }
+        }
+    }
+
+    /// A kind that is a near miss of `meant`: an error; a would-be NetworkPolicy still
+    /// isolates every pod of its namespace (fail closed).
+    fn misspelled_kind(
+        &mut self,
+        path: &Path,
+        doc: usize,
+        kind: &str,
+        meant: &str,
+        ns: &str,
+        name: &str,
+    ) {
+        let error = FieldError {
+            field: "kind".to_owned(),
+            message: format!("unknown kind {kind:?}: did you mean {meant:?}?"),
+        };
+        let ns = if ns.is_empty() { "default" } else { ns };
+        let cluster_scoped = meant == "Namespace" || meant == "Node";
+        let object = if cluster_scoped {
+            format!("{meant} {name}")
+        } else {
+            format!("{meant} {ns}/{name}")
+        };
+        if meant == "NetworkPolicy" {
+            let key = format!("NetworkPolicy/{ns}/{name}");
+            if self.note_origin(path, doc, &object, key) {
+                self.cluster
+                    .upsert_policy(NetworkPolicy::unreadable(ns, name, error.clone()));
+            }
+        }
+        self.errors.push(Error::Object {
+            path: path.to_owned(),
+            doc,
+            object,
+            error,
+        });
+    }
+
+    /// A Deployment, StatefulSet, DaemonSet, ReplicaSet, Job or CronJob: checked now,
+    /// expanded into pods by [`Manifests::finish`].
+    fn read_workload(&mut self, path: &Path, doc: usize, object: &str, value: serde_yaml::Value) {
+        let Some(kind) = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .and_then(WorkloadKind::parse)
+        else {
+            return;
+        };
+        let read = match kind {
+            WorkloadKind::Deployment => self
+                .typed::<apps::Deployment>(path, doc, object, value)
+                .map(|w| Workload::from_deployment(&w)),
+            WorkloadKind::StatefulSet => self
+                .typed::<apps::StatefulSet>(path, doc, object, value)
+                .map(|w| Workload::from_stateful_set(&w)),
+            WorkloadKind::DaemonSet => self
+                .typed::<apps::DaemonSet>(path, doc, object, value)
+                .map(|w| Workload::from_daemon_set(&w)),
+            WorkloadKind::ReplicaSet => self
+                .typed::<apps::ReplicaSet>(path, doc, object, value)
+                .map(|w| Workload::from_replica_set(&w)),
+            WorkloadKind::Job => self
+                .typed::<batch::Job>(path, doc, object, value)
+                .map(|w| Workload::from_job(&w)),
+            WorkloadKind::CronJob => self
+                .typed::<batch::CronJob>(path, doc, object, value)
+                .map(|w| Workload::from_cron_job(&w)),
+        };
+        match read {
+            // `typed` recorded the error.
+            Err(_) => {}
+            Ok(Err(errs)) => self.object_errors(path, doc, object, errs),
+            Ok(Ok(workload)) => {
+                let key = format!("{kind}/{}/{}", workload.namespace, workload.name);
+                if self.note_origin(path, doc, object, key) {
+                    self.pending.push(Pending {
+                        path: path.to_owned(),
+                        doc,
+                        object: object.to_owned(),
+                        workload,
+                    });
+                }
+            }
         }
     }
 
@@ -358,34 +572,44 @@ impl Manifests {
         }
     }
 
+    /// Decodes an object strictly; every problem is recorded, and the first is returned.
     fn typed<T: serde::de::DeserializeOwned>(
         &mut self,
         path: &Path,
         doc: usize,
         object: &str,
         value: serde_yaml::Value,
-    ) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(t) => Some(t),
+    ) -> Result<T, FieldError> {
+        let errs = match strict::decode::<T>(value) {
+            Ok((t, unknown)) if unknown.is_empty() => return Ok(t),
+            Ok((_, unknown)) => unknown
+                .iter()
+                .map(|u| FieldError {
+                    field: u.path.clone(),
+                    message: u.message(),
+                })
+                .collect(),
             Err(e) => {
                 let field = e.path().to_string();
                 let field = if field == "." { String::new() } else { field };
-                self.errors.push(Error::Object {
-                    path: path.to_owned(),
-                    doc,
-                    object: object.to_owned(),
-                    error: FieldError {
-                        field,
-                        message: e.into_inner().to_string(),
-                    },
-                });
-                None
+                vec![FieldError {
+                    field,
+                    message: e.into_inner().to_string(),
+                }]
             }
-        }
+        };
+        let first = errs.first().cloned().unwrap_or_else(|| FieldError {
+            field: String::new(),
+            message: "the object could not be decoded".to_owned(),
+        });
+        self.object_errors(path, doc, object, errs);
+        Err(first)
     }
 
-    /// Fails with every error if there were any (for commands that need clean input).
-    pub fn into_clean(self) -> Result<Cluster, Vec<Error>> {
+    /// Expands the workloads ([`Manifests::finish`]), then fails with every error if there
+    /// were any (for commands that need clean input).
+    pub fn into_clean(mut self) -> Result<Cluster, Vec<Error>> {
+        self.finish();
         if self.errors.is_empty() {
             Ok(self.cluster)
         } else {

@@ -241,6 +241,16 @@ impl Selector {
         self.inner.selects_all()
     }
 
+    /// Validates and converts an API label selector (a workload's `spec.selector`, say);
+    /// the errors name fields under `field`.
+    pub fn from_api(sel: &K8sLabelSelector, field: &str) -> Result<Selector, Vec<FieldError>> {
+        let mut errs = Errors::default();
+        match Selector::parse(sel, field, &mut errs) {
+            Some(s) if errs.0.is_empty() => Ok(s),
+            _ => Err(errs.0),
+        }
+    }
+
     /// Validates and converts an API label selector; errors are recorded under `field`.
     fn parse(sel: &K8sLabelSelector, field: &str, errs: &mut Errors) -> Option<Selector> {
         let before = errs.0.len();
@@ -586,6 +596,9 @@ pub struct Pod {
     /// `metadata.creationTimestamp` in Unix seconds, when the API gave one: when several
     /// live pods claim one address, the newest owns it (see [`Pod::claims_ip_before`]).
     pub created: Option<i64>,
+    /// The workload this pod was expanded from when read from manifests, as
+    /// `Kind name` (e.g. `Deployment web`, in the pod's namespace); `None` for a Pod object.
+    pub owner: Option<String>,
 }
 
 impl Pod {
@@ -602,6 +615,7 @@ impl Pod {
             terminated: false,
             ports: Vec::new(),
             created: None,
+            owner: None,
         }
     }
 
@@ -715,6 +729,7 @@ impl Pod {
                     .creation_timestamp
                     .as_ref()
                     .map(|t| t.0.as_second()),
+                owner: None,
             })
         } else {
             Err(errs.0)

@@ -320,7 +320,7 @@ fn formats_lists_directories_json_and_duplicates() {
     .unwrap();
     std::fs::write(
         dir.path().join("c.yml"),
-        "---\n# empty\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n",
+        "---\n# empty\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: d}\n",
     )
     .unwrap();
     std::fs::write(dir.path().join("notes.txt"), "not read").unwrap();
@@ -471,10 +471,15 @@ proptest! {
     /// Objects of every kind with random, often ill-typed, fields never panic the loader
     /// or the compiler, and any error names the file.
     #[test]
-    fn random_objects_never_panic(kind in prop::sample::select(vec!["NetworkPolicy", "Pod", "Namespace", "Service", "Node", "List"]),
+    fn random_objects_never_panic(kind in prop::sample::select(vec!["NetworkPolicy", "Pod", "Namespace", "Service", "Node", "List", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"]),
                                   spec in yaml_value(), metadata in yaml_value(), status in yaml_value()) {
         let mut obj = serde_yaml::Mapping::new();
-        let api = match kind { "NetworkPolicy" => "networking.k8s.io/v1", _ => "v1" };
+        let api = match kind {
+            "NetworkPolicy" => "networking.k8s.io/v1",
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => "apps/v1",
+            "Job" | "CronJob" => "batch/v1",
+            _ => "v1",
+        };
         obj.insert("apiVersion".into(), api.into());
         obj.insert("kind".into(), kind.into());
         obj.insert("metadata".into(), metadata);
@@ -484,9 +489,11 @@ proptest! {
         let text = serde_yaml::to_string(&obj).unwrap();
         let mut m = Manifests::default();
         m.read_str(Path::new("fuzz.yaml"), &text);
+        m.finish();
         for e in &m.errors {
             prop_assert!(e.to_string().starts_with("fuzz.yaml"), "{}", e);
         }
+        netward_controller::addresses::assign(&mut m.cluster);
         let s = Snapshot::compile(&m.cluster);
         let _ = s.matrix(Protocol::Tcp, 80);
     }

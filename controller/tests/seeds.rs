@@ -783,6 +783,7 @@ fn example_until(dir: &Path, step: Option<&str>) -> (Cluster, Vec<serde_yaml::Va
             break;
         }
     }
+    m.finish();
     assert!(m.errors.is_empty(), "{}: {:#?}", dir.display(), m.errors);
     (m.cluster, m.netward)
 }

@@ -11,6 +11,7 @@ use netward_controller::{Cluster, Flow, Manifests, Protocol, Side, Snapshot, Tra
 pub(crate) fn cluster(yaml: &str) -> Cluster {
     let mut m = Manifests::default();
     m.read_str(Path::new("test.yaml"), yaml);
+    m.finish();
     assert!(m.errors.is_empty(), "unexpected errors: {:#?}", m.errors);
     m.cluster
 }
@@ -19,6 +20,7 @@ pub(crate) fn cluster(yaml: &str) -> Cluster {
 pub(crate) fn manifests(yaml: &str) -> Manifests {
     let mut m = Manifests::default();
     m.read_str(Path::new("test.yaml"), yaml);
+    m.finish();
     m
 }
 

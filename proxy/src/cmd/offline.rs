@@ -78,16 +78,25 @@ pub(crate) fn parse_protocol(s: &str) -> Result<Protocol, String> {
     Protocol::parse(s).ok_or_else(|| format!("unknown protocol {s:?}: expected TCP, UDP, SCTP, ICMP, ICMPv6 or another IP protocol name"))
 }
 
-/// Loads manifests and compiles them; any error in the input is fatal here.
+/// Loads manifests and compiles them; any error in the input is fatal here, and so is
+/// input without a single pod (an empty matrix would look like an answer).
+///
+/// Workloads become their pods (a note says which), and pods and Services without
+/// addresses get the ones `netward lab` gives them (a note says so), so that ipBlock
+/// rules decide the same whether or not the files write `status.podIPs`.
 pub(crate) fn load_snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
+    use netward_controller::{addresses, workloads::WorkloadKind};
+    const READS: &str = "Namespaces, Pods, Services, Nodes, NetworkPolicies and the workloads \
+        Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob";
     let manifests = Manifests::read_paths(files);
     for ignored in &manifests.ignored {
-        eprintln!(
-            "netward: note: ignoring {ignored} (netward reads Namespaces, Pods, Services, Nodes and NetworkPolicies)"
-        );
+        eprintln!("netward: note: ignoring {ignored} (netward reads {READS})");
     }
-    match manifests.into_clean() {
-        Ok(cluster) => Ok(Snapshot::compile(&cluster)),
+    let workloads = manifests.workloads.clone();
+    let policies = manifests.cluster.policies.len();
+    let ignored = manifests.ignored.len();
+    let mut cluster = match manifests.into_clean() {
+        Ok(cluster) => cluster,
         Err(errors) => {
             let n = errors.len();
             let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
@@ -97,7 +106,56 @@ pub(crate) fn load_snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
                 list.join("\n")
             )
         }
+    };
+    for w in &workloads {
+        const SHOWN: usize = 8;
+        let n = w.pods.len();
+        let mut names = w
+            .pods
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if n > SHOWN {
+            names.push_str(&format!(", ... ({} more)", n - SHOWN));
+        }
+        eprintln!(
+            "netward: note: {} {}/{}: {n} pod{} {names}",
+            w.kind,
+            w.namespace,
+            w.name,
+            if n == 1 { "" } else { "s" },
+        );
     }
+    if cluster.pods.is_empty() {
+        let given: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        bail!(
+            "-f {}: no pods: netward reads Pods and workloads ({}) and decides flows between \
+             them; these files hold {policies} NetworkPolic{} and {ignored} object{} of other kinds",
+            given.join(" "),
+            WorkloadKind::ALL.map(WorkloadKind::as_str).join(", "),
+            if policies == 1 { "y" } else { "ies" },
+            if ignored == 1 { "" } else { "s" },
+        );
+    }
+    let assigned = addresses::assign(&mut cluster);
+    if assigned.pods > 0 {
+        eprintln!(
+            "netward: note: {} pod{} without status.podIPs got addresses from the default pod CIDRs \
+             (198.18.<node>.0/24, fd00::<node>:0/112), as netward lab gives them",
+            assigned.pods,
+            if assigned.pods == 1 { "" } else { "s" },
+        );
+    }
+    if assigned.services > 0 {
+        eprintln!(
+            "netward: note: {} Service{} without clusterIPs got 198.19.0.x and fd00::ffff:0:x, as netward lab gives them",
+            assigned.services,
+            if assigned.services == 1 { "" } else { "s" },
+        );
+    }
+    Ok(Snapshot::compile(&cluster))
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {

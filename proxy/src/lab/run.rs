@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use netward_controller::model::{Direction, Node};
 use netward_controller::render::DecisionReport;
+use netward_controller::workloads::WorkloadKind;
 use netward_controller::{
     Cluster, Endpoint, Flow, Manifests, MtlsMode, Protocol, Snapshot, Transport,
 };
@@ -146,7 +147,10 @@ impl Scenario {
 fn is_only_netward(text: &str) -> bool {
     let mut m = Manifests::default();
     m.read_str(Path::new("x"), text);
+    // Workloads' pods count as pods (a Deployment with `replicas: 0` as a workload).
+    m.finish();
     m.cluster.pods.is_empty()
+        && m.workloads.is_empty()
         && m.cluster.policies.is_empty()
         && m.cluster.namespaces.is_empty()
         && m.cluster.services.is_empty()
@@ -342,6 +346,8 @@ pub fn run(opts: &Options, out: &mut dyn Write) -> Result<Report> {
     for (name, text) in &opts.scenario.files {
         all.read_str(Path::new(name), text);
     }
+    // Workloads become pods once every file is read (a DaemonSet needs every node).
+    all.finish();
     if !all.errors.is_empty() {
         let list: Vec<String> = all.errors.iter().map(|e| format!("  {e}")).collect();
         return Err(Error::Manifests(list.join("\n")));
@@ -735,25 +741,32 @@ fn write_step(
                 );
             }
         }
+        if let Some(workload) = WorkloadKind::parse(&kind) {
+            // netward on the nodes reads this directory with the same `Manifests` reader.
+            // It gets the pods the lab planned for this workload, as Pod objects with their
+            // addresses and nodes, *instead of* the workload: the reader would expand the
+            // workload again, into pods without addresses whose names clash with these.
+            let owner = format!("{kind} {}", key.1);
+            let template = workload
+                .template_path()
+                .iter()
+                .try_fold(&v, |cur, k| cur.get(*k))
+                .cloned()
+                .unwrap_or_default();
+            for pod in cluster
+                .pods
+                .values()
+                .filter(|p| p.namespace == key.0 && p.owner.as_deref() == Some(owner.as_str()))
+            {
+                let mut doc = workload_pod(&template, pod);
+                fill_pod(&mut doc, pod);
+                docs.push(serde_yaml::to_string(&doc).unwrap_or_default());
+            }
+            continue;
+        }
         if kind == "Pod" {
             if let Some(pod) = cluster.pods.get(&key) {
-                let ips: Vec<serde_yaml::Value> = pod
-                    .ips
-                    .iter()
-                    .map(|ip| {
-                        serde_yaml::Value::Mapping(
-                            [("ip".into(), ip.to_string().into())].into_iter().collect(),
-                        )
-                    })
-                    .collect();
-                set_path(
-                    &mut v,
-                    &["status", "podIPs"],
-                    serde_yaml::Value::Sequence(ips),
-                );
-                if let Some(node) = &pod.node {
-                    set_path(&mut v, &["spec", "nodeName"], node.clone().into());
-                }
+                fill_pod(&mut v, pod);
             }
         } else if kind == "Service"
             && let Some(svc) = cluster.services.get(&key)
@@ -772,6 +785,52 @@ fn write_step(
         docs.push(serde_yaml::to_string(&v).unwrap_or_default());
     }
     std::fs::write(dir.join(name), docs.join("---\n")).map_err(io(format!("writing {name}")))
+}
+
+/// Writes the lab's placement and addresses into a Pod object (nodeName, podIPs).
+fn fill_pod(v: &mut serde_yaml::Value, pod: &netward_controller::model::Pod) {
+    let ips: Vec<serde_yaml::Value> = pod
+        .ips
+        .iter()
+        .map(|ip| {
+            serde_yaml::Value::Mapping([("ip".into(), ip.to_string().into())].into_iter().collect())
+        })
+        .collect();
+    set_path(v, &["status", "podIPs"], serde_yaml::Value::Sequence(ips));
+    if let Some(node) = &pod.node {
+        set_path(v, &["spec", "nodeName"], node.clone().into());
+    }
+}
+
+/// The Pod object a workload's pod template makes for `pod` (its name and namespace
+/// set; the template's other metadata and its spec as they are).
+fn workload_pod(
+    template: &serde_yaml::Value,
+    pod: &netward_controller::model::Pod,
+) -> serde_yaml::Value {
+    let mut meta = match template.get("metadata") {
+        Some(serde_yaml::Value::Mapping(m)) => m.clone(),
+        _ => serde_yaml::Mapping::new(),
+    };
+    for k in ["name", "generateName", "namespace"] {
+        meta.remove(k);
+    }
+    meta.insert("name".into(), pod.name.clone().into());
+    meta.insert("namespace".into(), pod.namespace.clone().into());
+    let spec = match template.get("spec") {
+        Some(s @ serde_yaml::Value::Mapping(_)) => s.clone(),
+        _ => serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
+    };
+    serde_yaml::Value::Mapping(
+        [
+            ("apiVersion".into(), "v1".into()),
+            ("kind".into(), "Pod".into()),
+            ("metadata".into(), serde_yaml::Value::Mapping(meta)),
+            ("spec".into(), spec),
+        ]
+        .into_iter()
+        .collect(),
+    )
 }
 
 /// The names of the Namespace objects a YAML text declares.
@@ -1477,4 +1536,97 @@ pub fn cleanup(out: &mut dyn Write) -> usize {
         let _ = writeln!(out, "removed network namespace {name}");
     }
     removed.len()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is a failure
+
+    use super::*;
+
+    const SCENARIO: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}, annotations: {a: b}}
+    spec:
+      containers: [{name: c, image: x, ports: [{name: http, containerPort: 80}]}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: shop}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: c, image: x, ports: [{containerPort: 9100}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {nodeName: node-b, containers: [{name: c, image: x}]}
+"#;
+
+    /// What the engine and the network agree on for each pod.
+    fn plan(c: &Cluster) -> Vec<String> {
+        c.pods
+            .values()
+            .map(|p| {
+                format!(
+                    "{} {:?} {:?} {:?} {:?} {}",
+                    p.key(),
+                    p.ips,
+                    p.node,
+                    p.labels,
+                    p.ports,
+                    p.host_network
+                )
+            })
+            .collect()
+    }
+
+    /// The node agents read the written directory with the same reader: they must see
+    /// exactly the pods the lab planned (workload pods with their addresses and nodes),
+    /// not the workload expanded a second time.
+    #[test]
+    fn node_agents_read_exactly_the_pods_the_lab_planned() {
+        let mut all = Manifests::default();
+        all.read_str(Path::new("00-app.yaml"), SCENARIO);
+        all.finish();
+        assert!(all.errors.is_empty(), "{:?}", all.errors);
+        let mut cluster = all.cluster.clone();
+        topology::assign_addresses(&mut cluster);
+        // web-0, web-1, client, and the DaemonSet's pod on the one node (node-b).
+        assert_eq!(cluster.pods.len(), 4);
+        assert!(
+            cluster
+                .pods
+                .contains_key(&("shop".to_owned(), "agent-node-b".to_owned()))
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        write_step(dir.path(), "00-app.yaml", SCENARIO, &cluster, None).unwrap();
+        let mut read = Manifests::read_paths(&[dir.path()]);
+        assert!(read.errors.is_empty(), "{:?}", read.errors);
+        assert!(read.workloads.is_empty(), "{:?}", read.workloads);
+        assert_eq!(plan(&read.cluster), plan(&cluster));
+        // And the engine's snapshot of it (as `engine_snapshot` makes it) is the lab's.
+        topology::assign_addresses(&mut read.cluster);
+        assert_eq!(plan(&read.cluster), plan(&cluster));
+    }
+
+    #[test]
+    fn a_file_with_only_a_workload_is_a_step() {
+        let deployment = SCENARIO.split("---").next().unwrap();
+        assert!(!is_only_netward(&format!(
+            "{deployment}---\napiVersion: netward.io/v1\nkind: Expectations\nspec: {{expect: []}}\n"
+        )));
+        assert!(is_only_netward(
+            "apiVersion: netward.io/v1\nkind: Expectations\nspec: {expect: []}\n"
+        ));
+    }
 }

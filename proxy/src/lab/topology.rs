@@ -6,6 +6,7 @@
 //!   the gateway address on each of its pod veths;
 //! - pods: their `status.podIPs`, or 198.18.k.(10+i) and fd00::k:(10+i) when absent;
 //! - Services: their `clusterIPs`, or 198.19.0.(10+i) and fd00::ffff:0:(10+i);
+//!   (this plan is [`netward_controller::addresses`], which the offline tools use too);
 //! - external hosts: whatever their `ExternalHosts` object says (inside those ranges).
 
 use std::collections::BTreeMap;
@@ -13,7 +14,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netward_controller::Cluster;
-use netward_controller::model::Node;
 
 use super::netns::{Error, Netns, Result};
 
@@ -92,117 +92,10 @@ pub struct Topology {
     wire: Option<Netns>,
 }
 
-/// The node names a cluster uses, sorted; pods without `spec.nodeName` go to the first.
-pub fn node_names(cluster: &Cluster) -> Vec<String> {
-    let mut names: Vec<String> = cluster
-        .pods
-        .values()
-        .filter_map(|p| p.node.clone())
-        .collect();
-    names.sort();
-    names.dedup();
-    if names.is_empty() {
-        names.push("node-a".to_owned());
-    }
-    names
-}
-
-/// Gives addresses to pods and Services that have none, and places pods without a node
-/// on the first node, so that the engine and the network agree.
-pub fn assign_addresses(cluster: &mut Cluster) {
-    let nodes = node_names(cluster);
-    let mut next: BTreeMap<usize, u16> = BTreeMap::new();
-    for pod in cluster.pods.values_mut() {
-        if pod.node.is_none() {
-            pod.node = Some(nodes[0].clone());
-        }
-        if pod.host_network || !pod.ips.is_empty() {
-            continue;
-        }
-        let k = nodes
-            .iter()
-            .position(|n| Some(n) == pod.node.as_ref())
-            .unwrap_or(0)
-            + 1;
-        let i = next.entry(k).or_insert(10);
-        let (hi, lo) = (
-            u8::try_from(*i / 256).unwrap_or(0),
-            u8::try_from(*i % 256).unwrap_or(0),
-        );
-        let k8 = u8::try_from(k).unwrap_or(u8::MAX);
-        pod.ips.push(IpAddr::V4(Ipv4Addr::new(
-            198,
-            18,
-            k8.saturating_add(hi.saturating_mul(64)),
-            lo,
-        )));
-        pod.ips.push(IpAddr::V6(Ipv6Addr::new(
-            0xfd00,
-            0,
-            0,
-            0,
-            0,
-            0,
-            u16::from(k8),
-            *i,
-        )));
-        *i += 1;
-    }
-    for (i, svc) in cluster.services.values_mut().enumerate() {
-        if svc.cluster_ips.is_empty() {
-            let i = u16::try_from(i + 10).unwrap_or(u16::MAX);
-            svc.cluster_ips.push(IpAddr::V4(Ipv4Addr::new(
-                198,
-                19,
-                u8::try_from(i / 256).unwrap_or(0),
-                u8::try_from(i % 256).unwrap_or(0),
-            )));
-            svc.cluster_ips
-                .push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0xffff, 0, i)));
-        }
-    }
-}
-
-/// The node k (1-based) addresses.
-pub fn node_ips(k: usize) -> (Ipv4Addr, Ipv6Addr) {
-    let k8 = u8::try_from(k).unwrap_or(u8::MAX);
-    (
-        Ipv4Addr::new(198, 18, 0, k8),
-        Ipv6Addr::new(0xfd00, 0, 0, 0xa, 0, 0, 0, u16::from(k8)),
-    )
-}
-
-/// The pod CIDRs of node k (1-based): where [`assign_addresses`] puts its pods, and what
-/// the Node objects the lab writes say (`spec.podCIDRs`), so that netward intercepts the
-/// node's whole pod range, pods it has not learned yet included.
-pub fn node_pod_cidrs(k: usize) -> [ipnet::IpNet; 2] {
-    let k8 = u8::try_from(k).unwrap_or(u8::MAX);
-    [
-        ipnet::IpNet::V4(
-            ipnet::Ipv4Net::new(Ipv4Addr::new(198, 18, k8, 0), 24).unwrap_or_default(),
-        ),
-        ipnet::IpNet::V6(
-            ipnet::Ipv6Net::new(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, u16::from(k8), 0), 112)
-                .unwrap_or_default(),
-        ),
-    ]
-}
-
-/// The Node objects for a cluster's node names (so the engine knows node addresses).
-pub fn node_objects(cluster: &Cluster) -> Vec<Node> {
-    node_names(cluster)
-        .into_iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let (v4, v6) = node_ips(i + 1);
-            Node {
-                name,
-                ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
-                pod_cidrs: node_pod_cidrs(i + 1).to_vec(),
-            }
-        })
-        .collect()
-}
+// The address plan is the controller's, shared with `netward matrix` and `explain`.
+pub use netward_controller::addresses::{
+    assign as assign_addresses, node_ips, node_names, node_objects, node_pod_cidrs,
+};
 
 const NODE_SYSCTLS: &str = "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
     net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 \
