@@ -4,6 +4,7 @@
 //! The engine is pure: plain data in, a [`Decision`] out, with its reason. No tokio,
 //! no kube client.
 
+pub mod backends;
 pub mod cluster;
 pub mod engine;
 #[cfg(feature = "kube")]
@@ -13,6 +14,7 @@ pub mod model;
 pub mod render;
 pub mod snapshot;
 
+pub use backends::Backend;
 pub use cluster::Cluster;
 pub use engine::{
     Decision, Endpoint, Exemption, Explanation, Flow, Matrix, Side, Transport, Verdict,

@@ -1376,3 +1376,37 @@ fn policy_heap_bytes(p: &NetworkPolicy) -> usize {
             .map(|e| e.field.capacity() + e.message.capacity())
             .sum::<usize>()
 }
+
+impl Snapshot {
+    /// The decision behind every cell of a matrix over `pods` (rows from, columns to),
+    /// each flow taken as [`Snapshot::matrix`] takes it: the pods' first addresses,
+    /// through the tunnel. For the cells' reasons (`matrix -o wide`) and for matrices
+    /// over a subset of the pods (`matrix -n`); `allowed()` of each is the matrix's cell.
+    pub fn matrix_decisions(
+        &self,
+        pods: &[PodId],
+        protocol: crate::model::Protocol,
+        port: u16,
+    ) -> Vec<Vec<crate::engine::Decision>> {
+        use crate::engine::{Endpoint, Flow, Transport};
+        let endpoint = |id: PodId| Endpoint {
+            ip: self.pod(id).ips.first().copied(),
+            pod: Some(id),
+        };
+        pods.iter()
+            .map(|from| {
+                pods.iter()
+                    .map(|to| {
+                        self.authorize(&Flow {
+                            src: endpoint(*from),
+                            dst: endpoint(*to),
+                            protocol,
+                            port,
+                            transport: Transport::Tunnel,
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}

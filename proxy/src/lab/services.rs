@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use netward_controller::model::{PortRef, Protocol, Service};
+use netward_controller::model::{Protocol, Service};
 use netward_controller::{Cluster, Snapshot};
 
 use super::netns::{Netns, Result};
@@ -23,30 +23,21 @@ pub struct ServiceRoute {
     pub backends: Vec<(String, SocketAddr)>,
 }
 
-/// The routes of every Service with a selector: ClusterIP:port to each ready pod's targetPort.
+/// The routes of every Service with a selector: ClusterIP:port to each backend's port
+/// (`Snapshot::service_backends`, the resolution `netward explain` uses too).
 pub fn routes(cluster: &Cluster) -> Vec<ServiceRoute> {
+    let snap = Snapshot::compile(cluster);
     let mut out = Vec::new();
-    for svc in cluster.services.values() {
-        let Some(selector) = &svc.selector else {
-            continue;
-        };
-        let pods: Vec<_> = cluster
-            .pods
-            .values()
-            .filter(|p| p.namespace == svc.namespace && !p.terminated)
-            .filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
-            .collect();
+    for svc in snap.services().filter(|s| s.selector.is_some()) {
         for sp in &svc.ports {
+            let backends = snap.service_backends(svc, sp);
             for cip in &svc.cluster_ips {
-                let backends = pods
+                let backends = backends
                     .iter()
-                    .filter_map(|p| {
-                        let port = match &sp.target {
-                            PortRef::Number(n) => *n,
-                            PortRef::Name(name) => p.named_port(name, sp.protocol)?,
-                        };
+                    .filter_map(|b| {
+                        let p = snap.pod(b.pod);
                         let ip = p.ips.iter().find(|ip| ip.is_ipv6() == cip.is_ipv6())?;
-                        Some((p.key(), SocketAddr::new(*ip, port)))
+                        Some((p.key(), SocketAddr::new(*ip, b.port)))
                     })
                     .collect();
                 out.push(ServiceRoute {
