@@ -1410,3 +1410,34 @@ impl Snapshot {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod matrix_decisions_tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is a failure
+
+    use super::*;
+    use crate::model::Protocol;
+
+    /// The cells' decisions are the matrix's cells, on every bundled example.
+    #[test]
+    fn matrix_decisions_agree_with_matrix() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(&examples).unwrap() {
+            let m = crate::Manifests::read_paths(&[entry.unwrap().path()]);
+            let snap = Snapshot::compile(&m.cluster);
+            for (protocol, port) in [
+                (Protocol::Tcp, 80),
+                (Protocol::Udp, 53),
+                (Protocol::Other(1), 0),
+            ] {
+                let ids = snap.pod_ids();
+                let d = snap.matrix_decisions(&ids, protocol, port);
+                let allowed: Vec<Vec<bool>> = d
+                    .iter()
+                    .map(|row| row.iter().map(|d| d.allowed()).collect())
+                    .collect();
+                assert_eq!(allowed, snap.matrix(protocol, port).allowed);
+            }
+        }
+    }
+}

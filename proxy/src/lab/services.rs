@@ -118,3 +118,101 @@ pub fn install(node: &Netns, routes: &[ServiceRoute]) -> Result<()> {
 pub fn name_for(snap: &Snapshot, ip: IpAddr) -> Option<String> {
     snap.service_for_ip(ip).map(Service::key)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is a failure
+
+    use std::path::Path;
+
+    use netward_controller::Manifests;
+
+    use super::*;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIPs: [{ip: 198.18.1.10}, {ip: "fd00::1:10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 9090}]}]}
+status: {podIPs: [{ip: 198.18.1.11}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-3, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c}]}
+status: {podIPs: [{ip: 198.18.1.12}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-old, namespace: shop, labels: {app: web}}
+spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Succeeded, podIPs: [{ip: 198.18.1.13}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  clusterIPs: [198.19.0.10, "fd00::ffff:0:10"]
+  ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 81, targetPort: 7000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: shop}
+spec: {clusterIP: 198.19.0.11, ports: [{port: 80}]}
+"#;
+
+    #[test]
+    fn routes_go_to_each_backends_resolved_port_in_the_frontends_family() {
+        let mut m = Manifests::default();
+        m.read_str(Path::new("cluster.yaml"), CLUSTER);
+        let cluster = m.into_clean().unwrap();
+        let r = routes(&cluster);
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let route = |frontend: &str, backends: &[(&str, &str)]| ServiceRoute {
+            service: "shop/web".to_owned(),
+            protocol: Protocol::Tcp,
+            frontend: sa(frontend),
+            backends: backends
+                .iter()
+                .map(|(p, a)| ((*p).to_owned(), sa(a)))
+                .collect(),
+        };
+        // The Service without selector has no routes; web-3 lacks the named port and
+        // web-old has terminated; web-2 has no IPv6 address.
+        assert_eq!(
+            r,
+            vec![
+                route(
+                    "198.19.0.10:80",
+                    &[
+                        ("shop/web-1", "198.18.1.10:8080"),
+                        ("shop/web-2", "198.18.1.11:9090")
+                    ]
+                ),
+                route(
+                    "[fd00::ffff:0:10]:80",
+                    &[("shop/web-1", "[fd00::1:10]:8080")]
+                ),
+                route(
+                    "198.19.0.10:81",
+                    &[
+                        ("shop/web-1", "198.18.1.10:7000"),
+                        ("shop/web-2", "198.18.1.11:7000"),
+                        ("shop/web-3", "198.18.1.12:7000"),
+                    ]
+                ),
+                route(
+                    "[fd00::ffff:0:10]:81",
+                    &[("shop/web-1", "[fd00::1:10]:7000")]
+                ),
+            ]
+        );
+    }
+}
