@@ -1094,6 +1094,15 @@ fn usage_errors_exit_2_in_every_offline_tool() {
         vec!["lab", "/nonexistent/netward-scenario"],
         vec!["lab", bad],
         vec!["lab", "--timeout-ms", "soon"],
+        // ca (an offline tool too)
+        vec![
+            "ca",
+            "init",
+            "--dir",
+            "/nonexistent/x",
+            "--trust-domain",
+            "UPPER",
+        ],
     ] {
         let o = netward(&args);
         assert_eq!(
