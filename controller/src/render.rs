@@ -487,9 +487,8 @@ pub struct ServiceReport {
 pub struct BackendReport {
     /// The pod (`namespace/name`).
     pub pod: String,
-    /// Its address the connection goes to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<IpAddr>,
+    /// Its address the connection goes to (of the ClusterIP's family).
+    pub ip: IpAddr,
     /// Its node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -587,34 +586,37 @@ impl ServiceExplanation {
                 });
             }
         }
+        let family = q
+            .cluster_ip
+            .map(|ip| ip.is_ipv6())
+            .or(q.v6)
+            .or_else(|| q.src.ip.map(|ip| ip.is_ipv6()));
         let mut backends = Vec::new();
         for b in &backend_ids {
             let pod = snap.pod(b.pod);
-            let family = q
-                .cluster_ip
-                .map(|ip| ip.is_ipv6())
-                .or(q.v6)
-                .or_else(|| q.src.ip.map(|ip| ip.is_ipv6()));
             let ip = pod
                 .ips
                 .iter()
                 .find(|ip| family.is_none_or(|v6| ip.is_ipv6() == v6))
                 .copied();
-            if ip.is_none() && !pod.ips.is_empty() {
+            let Some(ip) = ip else {
+                // kube-proxy sends only to addresses of the ClusterIP's family.
+                let reason = match family {
+                    _ if pod.ips.is_empty() => "no address in the manifests: not a backend",
+                    Some(true) => "no IPv6 address: not a backend for this address family",
+                    _ => "no IPv4 address: not a backend for this address family",
+                };
                 not_backends.push(NotBackend {
                     pod: pod.key(),
-                    reason: format!(
-                        "no {} address: not a backend for this address family",
-                        if family == Some(true) { "IPv6" } else { "IPv4" }
-                    ),
+                    reason: reason.to_owned(),
                 });
                 continue;
-            }
+            };
             let dst = snap
                 .endpoint_for_pod(&pod.namespace, &pod.name, family)
                 .unwrap_or(Endpoint {
-                    ip,
-                    pod: Some(b.pod),
+                    ip: Some(ip),
+                    pod: None,
                 });
             let flow = Flow {
                 src: q.src,
@@ -624,10 +626,7 @@ impl ServiceExplanation {
                 transport: q.transport,
             };
             let e = snap.explain(&flow);
-            let label = match ip {
-                Some(ip) => format!("{} ({ip})", pod.key()),
-                None => pod.key(),
-            };
+            let label = format!("{} ({ip})", pod.key());
             let text = ExplainReport::new(snap, q.from, &label, &flow, &e);
             backends.push(BackendReport {
                 pod: pod.key(),
@@ -656,11 +655,9 @@ impl ServiceExplanation {
                 svc.namespace
             ),
             (Some(sel), 0) => format!(
-                "no backends: {} pod{} match the selector {sel}, none with {} port {}",
+                "no backends: {} pod{} match the selector {sel}, and none can take this port",
                 not_backends.len(),
                 if not_backends.len() == 1 { "" } else { "s" },
-                sp.protocol,
-                sp.target
             ),
             (_, 1) if denied == 1 => "its only backend denies".to_owned(),
             (_, 1) => "its only backend allows".to_owned(),

@@ -2,6 +2,7 @@
 //! This module only resolves what the operator named (pods, Services, ports, steps) and
 //! prints; every verdict comes from the controller's one evaluation.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -424,7 +425,7 @@ fn matrix_steps(
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let _ = writeln_s(&mut text, &format!("== step {}/{n}: {name}", k + 1));
+        let _ = writeln!(text, "== step {}/{n}: {name}", k + 1);
         text.push_str(&ms.text(&snap, previous.as_ref(), args.output == MatrixOutput::Wide));
         if k + 1 < n {
             text.push('\n');
@@ -458,11 +459,6 @@ fn matrix_steps(
         MatrixOutput::Json => to_json(&doc),
         MatrixOutput::Yaml => to_yaml(&doc),
     }
-}
-
-fn writeln_s(out: &mut String, line: &str) -> std::fmt::Result {
-    use std::fmt::Write as _;
-    writeln!(out, "{line}")
 }
 
 // ---- explain ----
