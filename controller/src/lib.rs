@@ -5,6 +5,7 @@
 //! no kube client.
 
 pub mod addresses;
+pub mod backends;
 pub mod cluster;
 pub mod engine;
 #[cfg(feature = "kube")]
@@ -16,6 +17,7 @@ pub mod snapshot;
 pub mod strict;
 pub mod workloads;
 
+pub use backends::Backend;
 pub use cluster::Cluster;
 pub use engine::{
     Decision, Endpoint, Exemption, Explanation, Flow, Matrix, Side, Transport, Verdict,

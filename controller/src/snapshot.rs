@@ -1376,3 +1376,68 @@ fn policy_heap_bytes(p: &NetworkPolicy) -> usize {
             .map(|e| e.field.capacity() + e.message.capacity())
             .sum::<usize>()
 }
+
+impl Snapshot {
+    /// The decision behind every cell of a matrix over `pods` (rows from, columns to),
+    /// each flow taken as [`Snapshot::matrix`] takes it: the pods' first addresses,
+    /// through the tunnel. For the cells' reasons (`matrix -o wide`) and for matrices
+    /// over a subset of the pods (`matrix -n`); `allowed()` of each is the matrix's cell.
+    pub fn matrix_decisions(
+        &self,
+        pods: &[PodId],
+        protocol: crate::model::Protocol,
+        port: u16,
+    ) -> Vec<Vec<crate::engine::Decision>> {
+        use crate::engine::{Endpoint, Flow, Transport};
+        let endpoint = |id: PodId| Endpoint {
+            ip: self.pod(id).ips.first().copied(),
+            pod: Some(id),
+        };
+        pods.iter()
+            .map(|from| {
+                pods.iter()
+                    .map(|to| {
+                        self.authorize(&Flow {
+                            src: endpoint(*from),
+                            dst: endpoint(*to),
+                            protocol,
+                            port,
+                            transport: Transport::Tunnel,
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod matrix_decisions_tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is a failure
+
+    use super::*;
+    use crate::model::Protocol;
+
+    /// The cells' decisions are the matrix's cells, on every bundled example.
+    #[test]
+    fn matrix_decisions_agree_with_matrix() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(&examples).unwrap() {
+            let m = crate::Manifests::read_paths(&[entry.unwrap().path()]);
+            let snap = Snapshot::compile(&m.cluster);
+            for (protocol, port) in [
+                (Protocol::Tcp, 80),
+                (Protocol::Udp, 53),
+                (Protocol::Other(1), 0),
+            ] {
+                let ids = snap.pod_ids();
+                let d = snap.matrix_decisions(&ids, protocol, port);
+                let allowed: Vec<Vec<bool>> = d
+                    .iter()
+                    .map(|row| row.iter().map(|d| d.allowed()).collect())
+                    .collect();
+                assert_eq!(allowed, snap.matrix(protocol, port).allowed);
+            }
+        }
+    }
+}

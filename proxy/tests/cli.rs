@@ -204,3 +204,914 @@ fn bad_input_exits_2_and_names_file_object_and_field() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown protocol"), "{}", stderr(&o));
 }
+
+// ---- Services, kubectl habits, --step and dot (issue #15, points 2, 5 and 6) ----
+
+/// A shop: a client, three backends of Service `web` (targetPort named `http`: 8080 on
+/// web-1 and web-2, 9090 on web-3; web-4 has no such port so it is no backend), a
+/// database, a Service without selector and one whose selector matches nothing. The
+/// policy lets the client reach app=web on TCP/8080 only, so web-3 (9090) denies.
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ops}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
+status: {podIPs: [{ip: 198.18.1.5}, {ip: "fd00::1:5"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-a, containers: [{name: c, image: nginx, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIPs: [{ip: 198.18.1.10}, {ip: "fd00::1:10"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-b, containers: [{name: c, image: nginx, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIPs: [{ip: 198.18.2.11}, {ip: "fd00::2:11"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-3, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-b, containers: [{name: c, image: nginx, ports: [{name: http, containerPort: 9090}]}]}
+status: {podIPs: [{ip: 198.18.2.12}, {ip: "fd00::2:12"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-4, namespace: shop, labels: {app: web}}
+spec: {nodeName: node-b, containers: [{name: c, image: nginx}]}
+status: {podIPs: [{ip: 198.18.2.13}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}}
+spec: {nodeName: node-a, containers: [{name: c, image: postgres, ports: [{name: pg, containerPort: 5432}]}]}
+status: {podIPs: [{ip: 198.18.1.20}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: monitor, namespace: ops, labels: {app: monitor}}
+spec: {nodeName: node-a, containers: [{name: c, image: busybox}]}
+status: {podIPs: [{ip: 198.18.1.30}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  clusterIPs: [198.19.0.10, "fd00::ffff:0:10"]
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  selector: {app: db}
+  clusterIP: 198.19.0.20
+  ports: [{name: pg, port: 5432, targetPort: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: shop}
+spec:
+  clusterIP: 198.19.0.30
+  ports: [{port: 443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody, namespace: shop}
+spec:
+  selector: {app: nobody}
+  clusterIP: 198.19.0.40
+  ports: [{port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-ingress, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: client}}}]
+      ports: [{protocol: TCP, port: 8080}]
+"#;
+
+fn shop() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop.yaml"), SHOP).unwrap();
+    dir
+}
+
+fn shop_explain(dir: &tempfile::TempDir, extra: &[&str]) -> Output {
+    let d = dir.path().to_str().unwrap();
+    let mut args = vec!["explain", "-f", d];
+    args.extend_from_slice(extra);
+    netward(&args)
+}
+
+#[test]
+fn explain_cluster_ip_decides_each_backend_after_dnat() {
+    let dir = shop();
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "198.19.0.10",
+            "--port",
+            "80",
+        ],
+    );
+    let out = stdout(&o);
+    // The datapath sees the connection after kube-proxy's DNAT: web-3 (9090) denies.
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    assert!(!out.contains("not a pod"), "{out}");
+    assert!(out.contains("service shop/web"), "{out}");
+    assert!(out.contains("1 of 3 backends deny"), "{out}");
+    assert!(
+        out.contains("shop/client -> shop/web-1 (198.18.1.10) TCP/8080: ALLOWED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shop/client -> shop/web-2 (198.18.2.11) TCP/8080: ALLOWED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shop/client -> shop/web-3 (198.18.2.12) TCP/9090: DENIED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("allowed by shop/web-ingress ingress[0]"),
+        "{out}"
+    );
+    // web-4 matches the selector but has no port named http: no backend, and said so.
+    assert!(out.contains("shop/web-4"), "{out}");
+    assert!(out.contains("no TCP container port named http"), "{out}");
+
+    // The IPv6 ClusterIP resolves the backends' IPv6 addresses.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "fd00::ffff:0:10",
+            "--port",
+            "80",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("shop/web-3 (fd00::2:12) TCP/9090: DENIED"),
+        "{}",
+        stdout(&o)
+    );
+
+    // All backends allow: exit 0.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "198.19.0.20",
+            "--port",
+            "5432",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("ALLOWED"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("shop/db (198.18.1.20) TCP/5432: ALLOWED"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn explain_service_by_name_in_every_kubectl_form() {
+    let dir = shop();
+    for to in [
+        vec!["--to", "shop/web"],
+        vec!["--to", "shop/svc/web"],
+        vec!["--to", "shop/service/web"],
+        vec!["-n", "shop", "--to", "svc/web"],
+        vec!["--namespace", "shop", "--to", "service/web"],
+    ] {
+        let mut args = vec!["--from", "shop/client", "--port", "80"];
+        args.extend(to.iter().copied());
+        let o = shop_explain(&dir, &args);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{to:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(
+            stdout(&o).contains("1 of 3 backends deny"),
+            "{to:?}: {}",
+            stdout(&o)
+        );
+    }
+    // `-n` also qualifies the client.
+    let o = shop_explain(
+        &dir,
+        &[
+            "-n", "shop", "--from", "client", "--to", "svc/db", "--port", "5432",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // The service port may be named, as in the Service.
+    let o = shop_explain(
+        &dir,
+        &[
+            "-n", "shop", "--from", "client", "--to", "svc/web", "--port", "http",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("1 of 3 backends deny"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn explain_service_json_has_every_backend_with_its_trace() {
+    let dir = shop();
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/svc/web",
+            "--port",
+            "80",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["allowed"], false);
+    assert_eq!(v["service"]["name"], "shop/web");
+    assert_eq!(v["service"]["target_port"], "http");
+    let backends = v["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 3, "{v}");
+    assert_eq!(v["denied"], 1);
+    let web3 = backends.iter().find(|b| b["pod"] == "shop/web-3").unwrap();
+    assert_eq!(web3["port"], 9090);
+    assert_eq!(web3["allowed"], false);
+    assert_eq!(web3["decision"]["ingress"]["result"], "denied");
+    let policy = &web3["trace"]["ingress"]["policies"][0];
+    assert_eq!(policy["policy"], "shop/web-ingress", "{web3}");
+    assert_eq!(policy["rules"][0]["peer_matches"], true);
+    assert_eq!(policy["rules"][0]["port_matches"], false);
+    assert_eq!(
+        policy["rules"][0]["why"],
+        "no match: TCP/9090 is not in TCP/8080"
+    );
+    let not = v["not_backends"].as_array().unwrap();
+    assert_eq!(not[0]["pod"], "shop/web-4", "{v}");
+}
+
+#[test]
+fn explain_service_usage_errors_and_nothing_to_connect_to() {
+    let dir = shop();
+    // An unknown service port: a usage error listing the ports.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "198.19.0.10",
+            "--port",
+            "8080",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("no TCP port 8080"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("80/TCP"), "{}", stderr(&o));
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/svc/web",
+            "--port",
+            "80",
+            "--protocol",
+            "udp",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    // No selector: nothing netward can resolve.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/svc/external",
+            "--port",
+            "443",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("no selector"), "{}", stdout(&o));
+    // A selector no pod matches: no backends.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "198.19.0.40",
+            "--port",
+            "80",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("no backends"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("app=nobody"), "{}", stdout(&o));
+    // Neither a pod nor a Service.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/nothing",
+            "--port",
+            "80",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no pod or service shop/nothing"),
+        "{}",
+        stderr(&o)
+    );
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "svc/nothing",
+            "-n",
+            "shop",
+            "--port",
+            "80",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no service shop/nothing"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn explain_named_port_on_the_destination_pod() {
+    let dir = shop();
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-3",
+            "--port",
+            "http",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("TCP/9090: DENIED"), "{}", stdout(&o));
+    let o = shop_explain(
+        &dir,
+        &[
+            "-n", "shop", "--from", "client", "--to", "web-1", "--port", "http",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("TCP/8080: ALLOWED"), "{}", stdout(&o));
+    // No such port on the pod: a usage error naming the pod's ports.
+    let o = shop_explain(
+        &dir,
+        &["--from", "shop/client", "--to", "shop/db", "--port", "http"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("shop/db has no TCP container port named http"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("pg: 5432/TCP"), "{}", stderr(&o));
+    // Protocol names are case-insensitive.
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-1",
+            "--port",
+            "http",
+            "--protocol",
+            "tcp",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn explain_json_carries_the_trace_the_text_shows() {
+    let o = netward(&[
+        "explain",
+        "-f",
+        "examples/three-tier",
+        "--from",
+        "zero-trust/frontend",
+        "--to",
+        "zero-trust/database",
+        "--port",
+        "5432",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // The existing keys stay.
+    assert_eq!(v["decision"]["verdict"], "deny");
+    let eg = &v["trace"]["egress"];
+    assert_eq!(eg["pod"], "zero-trust/frontend");
+    assert!(
+        eg["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("denied: isolated by"),
+        "{eg}"
+    );
+    assert_eq!(eg["policies"][0]["policy"], "zero-trust/default-deny-all");
+    assert_eq!(eg["policies"][0]["rules"].as_array().unwrap().len(), 0);
+    let fp = &eg["policies"][1];
+    assert_eq!(fp["policy"], "zero-trust/frontend-policy");
+    assert_eq!(fp["mode"], "enforce");
+    assert_eq!(fp["rules"][0]["index"], 0);
+    assert_eq!(
+        fp["rules"][0]["peers"],
+        "to [pods tier=backend (same namespace)]"
+    );
+    assert_eq!(fp["rules"][0]["ports"], "any port");
+    assert_eq!(fp["rules"][0]["peer_matches"], false);
+    assert_eq!(fp["rules"][0]["matches"], false);
+    assert_eq!(
+        fp["rules"][0]["why"],
+        "no match: zero-trust/database is none of these peers"
+    );
+    assert_eq!(
+        fp["rules"][1]["why"],
+        "no match: TCP/5432 is not in UDP/53, TCP/53"
+    );
+    let ing = &v["trace"]["ingress"];
+    assert_eq!(ing["policies"][1]["policy"], "zero-trust/default-deny-all");
+    // Every rule line the text prints is in the JSON.
+    let text = netward(&[
+        "explain",
+        "-f",
+        "examples/three-tier",
+        "--from",
+        "zero-trust/frontend",
+        "--to",
+        "zero-trust/database",
+        "--port",
+        "5432",
+    ]);
+    let text = stdout(&text);
+    for side in ["egress", "ingress"] {
+        for p in v["trace"][side]["policies"].as_array().unwrap() {
+            assert!(text.contains(p["policy"].as_str().unwrap()), "{text}");
+            for r in p["rules"].as_array().unwrap() {
+                assert!(
+                    text.contains(r["why"].as_str().unwrap()),
+                    "{r} not in {text}"
+                );
+            }
+        }
+    }
+    // YAML is the same document.
+    let y = netward(&[
+        "explain",
+        "-f",
+        "examples/three-tier",
+        "--from",
+        "zero-trust/frontend",
+        "--to",
+        "zero-trust/database",
+        "--port",
+        "5432",
+        "-o",
+        "yaml",
+    ]);
+    assert_eq!(y.status.code(), Some(1));
+    let yv: serde_json::Value = serde_yaml::from_str(&stdout(&y)).unwrap();
+    assert_eq!(yv, v);
+}
+
+#[test]
+fn explain_wide_names_addresses_and_nodes() {
+    let dir = shop();
+    let o = shop_explain(
+        &dir,
+        &[
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-2",
+            "--port",
+            "8080",
+            "-o",
+            "wide",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("shop/client 198.18.1.5 on node node-a"),
+        "{out}"
+    );
+    assert!(
+        out.contains("shop/web-2 198.18.2.11 on node node-b"),
+        "{out}"
+    );
+}
+
+#[test]
+fn matrix_namespace_filters_rows_and_columns() {
+    let dir = shop();
+    let d = dir.path().to_str().unwrap();
+    let o = netward(&["matrix", "-f", d, "-n", "ops", "-o", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pods"], serde_json::json!(["ops/monitor"]));
+    let o = netward(&["matrix", "-f", d, "--namespace", "shop", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pods"].as_array().unwrap().len(), 6, "{v}");
+    // -A: every namespace, as without -n.
+    let o = netward(&["matrix", "-f", d, "-n", "shop", "-A", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["pods"].as_array().unwrap().len(), 7, "{v}");
+    // An unknown namespace is a usage error.
+    let o = netward(&["matrix", "-f", d, "-n", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no pods in namespace nope"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn matrix_several_ports_yaml_and_wide() {
+    let dir = shop();
+    let d = dir.path().to_str().unwrap();
+    for ports in [
+        vec!["--port", "8080,9090"],
+        vec!["--port", "8080", "--port", "9090"],
+    ] {
+        let mut args = vec!["matrix", "-f", d, "-n", "shop", "-o", "json"];
+        args.extend(ports.iter().copied());
+        let o = netward(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let ms = v["matrices"].as_array().unwrap();
+        assert_eq!(ms.len(), 2, "{v}");
+        assert_eq!(ms[0]["port"], 8080);
+        assert_eq!(ms[1]["port"], 9090);
+        assert_eq!(ms[0]["protocol"], "TCP");
+        // Each is the single-port shape.
+        let pods: Vec<&str> = ms[0]["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let (c, w1) = (
+            pods.iter().position(|p| *p == "shop/client").unwrap(),
+            pods.iter().position(|p| *p == "shop/web-1").unwrap(),
+        );
+        assert_eq!(ms[0]["allowed"][c][w1], true);
+        assert_eq!(ms[1]["allowed"][c][w1], false);
+    }
+    let o = netward(&["matrix", "-f", d, "-n", "shop", "--port", "8080,9090"]);
+    let out = stdout(&o);
+    assert!(out.contains("TCP/8080 (rows"), "{out}");
+    assert!(out.contains("TCP/9090 (rows"), "{out}");
+
+    let o = netward(&[
+        "matrix", "-f", d, "-n", "shop", "--port", "8080", "-o", "yaml",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let y: serde_json::Value = serde_yaml::from_str(&stdout(&o)).unwrap();
+    let j = netward(&[
+        "matrix", "-f", d, "-n", "shop", "--port", "8080", "-o", "json",
+    ]);
+    assert_eq!(
+        y,
+        serde_json::from_str::<serde_json::Value>(&stdout(&j)).unwrap()
+    );
+
+    // wide: the rule or the isolating policies behind each cell that a policy decided.
+    let o = netward(&[
+        "matrix", "-f", d, "-n", "shop", "--port", "8080", "-o", "wide",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("shop/client  . ."), "{out}");
+    assert!(
+        out.contains(". shop/client -> shop/web-1: ingress allowed by shop/web-ingress ingress[0]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("X shop/db -> shop/web-1: ingress denied (isolated by shop/web-ingress)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn matrix_step_marks_what_each_file_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pods = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: t, labels: {app: a}}
+status: {podIP: 198.18.1.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: t, labels: {app: b}}
+status: {podIP: 198.18.1.2}
+"#;
+    let deny = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: t}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"#;
+    let allow = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a-to-b, namespace: t}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]
+"#;
+    let expect = "apiVersion: netward.io/v1alpha1\nkind: Expectations\nmetadata: {name: x}\nspec: {expect: []}\n";
+    std::fs::write(dir.path().join("00-pods.yaml"), pods).unwrap();
+    std::fs::write(dir.path().join("10-deny.yaml"), deny).unwrap();
+    std::fs::write(dir.path().join("20-allow.yaml"), allow).unwrap();
+    std::fs::write(dir.path().join("expect.yaml"), expect).unwrap();
+    let d = dir.path().to_str().unwrap();
+    let o = netward(&["matrix", "-f", d, "--step"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.matches("== step ").count(), 3, "{out}");
+    assert!(out.contains("== step 1/3: 00-pods.yaml"), "{out}");
+    assert!(out.contains("== step 2/3: 10-deny.yaml"), "{out}");
+    assert!(out.contains("== step 3/3: 20-allow.yaml"), "{out}");
+    let steps: Vec<&str> = out.split("== step ").skip(1).collect();
+    // Step 1: open; nothing to compare with.
+    assert!(steps[0].contains("t/a  . ."), "{}", steps[0]);
+    assert!(steps[0].contains("t/b  . ."), "{}", steps[0]);
+    // Step 2: the deny closes a->b and b->a (not self): marked as changed.
+    assert!(steps[1].contains("t/a  . -"), "{}", steps[1]);
+    assert!(steps[1].contains("t/b  - ."), "{}", steps[1]);
+    assert!(steps[1].contains("t/a -> t/b: now denied"), "{}", steps[1]);
+    // Step 3: a->b reopens.
+    assert!(steps[2].contains("t/a  . +"), "{}", steps[2]);
+    assert!(steps[2].contains("t/b  X ."), "{}", steps[2]);
+    assert!(steps[2].contains("t/a -> t/b: now allowed"), "{}", steps[2]);
+    assert!(!steps[2].contains("t/b -> t/a"), "{}", steps[2]);
+
+    let o = netward(&["matrix", "-f", d, "--step", "-o", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[2]["file"], "20-allow.yaml");
+    assert_eq!(
+        steps[2]["changes"],
+        serde_json::json!([{"from": "t/a", "to": "t/b", "protocol": "TCP", "port": 80, "allowed": true}])
+    );
+}
+
+#[test]
+fn matrix_dot_is_a_graph_of_the_allowed_flows() {
+    let o = netward(&["matrix", "-f", "examples/rogue-pod", "-o", "dot"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dot = stdout(&o);
+    check_dot(&dot);
+    assert!(dot.starts_with("digraph netward {"), "{dot}");
+    assert!(dot.contains("subgraph \"cluster_netpol-test\" {"), "{dot}");
+    // frontend and backend reach everyone: collapsed to one edge each to "all pods".
+    assert!(
+        dot.contains("\"netpol-test/frontend\" -> \"*\" [label=\"TCP/80\"]"),
+        "{dot}"
+    );
+    // rogue-pod does not reach the backend, but reaches the frontend.
+    assert!(
+        dot.contains("\"netpol-test/rogue-pod\" -> \"netpol-test/frontend\" [label=\"TCP/80\"]"),
+        "{dot}"
+    );
+    assert!(
+        !dot.contains("\"netpol-test/rogue-pod\" -> \"netpol-test/backend\""),
+        "{dot}"
+    );
+
+    // Several ports label one edge with each port it is allowed on.
+    let dir = shop();
+    let d = dir.path().to_str().unwrap();
+    let o = netward(&[
+        "matrix",
+        "-f",
+        d,
+        "-n",
+        "shop",
+        "--port",
+        "8080,9090",
+        "-o",
+        "dot",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let dot = stdout(&o);
+    check_dot(&dot);
+    assert!(
+        dot.contains("\"shop/client\" -> \"shop/web-1\" [label=\"TCP/8080\"]"),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("\"shop/client\" -> \"shop/db\" [label=\"TCP/8080, TCP/9090\"]"),
+        "{dot}"
+    );
+    assert!(!dot.contains("\"shop/db\" -> \"shop/web-1\""), "{dot}");
+}
+
+/// Balanced braces and brackets, and every edge endpoint declared as a node.
+fn check_dot(dot: &str) {
+    let mut depth = 0i32;
+    let mut in_str = false;
+    for c in dot.chars() {
+        match c {
+            '"' => in_str = !in_str,
+            '{' if !in_str => depth += 1,
+            '}' if !in_str => {
+                depth -= 1;
+                assert!(depth >= 0, "unbalanced: {dot}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(depth, 0, "unbalanced: {dot}");
+    assert!(!in_str, "unterminated string: {dot}");
+    let mut declared = std::collections::HashSet::new();
+    let mut edges = Vec::new();
+    for line in dot.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix('"') else {
+            continue;
+        };
+        let Some((first, rest)) = rest.split_once('"') else {
+            panic!("bad line {line}");
+        };
+        if let Some(rest) = rest.trim_start().strip_prefix("->") {
+            let to = rest.trim_start().strip_prefix('"').unwrap();
+            let (to, _) = to.split_once('"').unwrap();
+            edges.push((first.to_owned(), to.to_owned()));
+        } else {
+            declared.insert(first.to_owned());
+        }
+    }
+    assert!(!declared.is_empty(), "{dot}");
+    for (a, b) in &edges {
+        assert!(declared.contains(a), "edge from undeclared {a}: {dot}");
+        assert!(declared.contains(b), "edge to undeclared {b}: {dot}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_in_every_offline_tool() {
+    let dir = shop();
+    let d = dir.path().to_str().unwrap();
+    let bad_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad_dir.path().join("bad.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nstatus: {podIP: 300.1.1.1}\n",
+    )
+    .unwrap();
+    let bad = bad_dir.path().to_str().unwrap();
+    for args in [
+        // matrix
+        vec!["matrix", "-f", d, "--port", "http"],
+        vec!["matrix", "-f", d, "--port", "0x50"],
+        vec!["matrix", "-f", d, "-o", "svg"],
+        vec!["matrix", "-f", "/nonexistent/netward"],
+        vec!["matrix", "-f", bad],
+        vec!["matrix", "-f", d, "--step", "-f", d],
+        // explain
+        vec![
+            "explain",
+            "-f",
+            d,
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-1",
+        ],
+        vec![
+            "explain",
+            "-f",
+            d,
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-1",
+            "--port",
+            "99999",
+        ],
+        vec![
+            "explain",
+            "-f",
+            d,
+            "--from",
+            "shop/svc/web",
+            "--to",
+            "shop/web-1",
+            "--port",
+            "80",
+        ],
+        vec![
+            "explain",
+            "-f",
+            d,
+            "--from",
+            "198.18.9.9",
+            "--to",
+            "198.18.9.8",
+            "--port",
+            "http",
+        ],
+        vec![
+            "explain",
+            "-f",
+            d,
+            "--from",
+            "shop/client",
+            "--to",
+            "shop/web-1",
+            "--port",
+            "80",
+            "-o",
+            "dot",
+        ],
+        // audit
+        vec!["audit", "/nonexistent/netward-audit.log"],
+        vec!["audit", "-", "--since", "yesterday"],
+        vec!["audit", "-", "--suggest"],
+        // lab
+        vec!["lab", "/nonexistent/netward-scenario"],
+        vec!["lab", bad],
+        vec!["lab", "--timeout-ms", "soon"],
+        // ca (an offline tool too)
+        vec![
+            "ca",
+            "init",
+            "--dir",
+            "/nonexistent/x",
+            "--trust-domain",
+            "UPPER",
+        ],
+    ] {
+        let o = netward(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
+    }
+}

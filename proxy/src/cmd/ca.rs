@@ -11,7 +11,8 @@ use netward_proxy::mtls::identity::{
     self, CA_CERT_FILE, CA_KEY_FILE, DEFAULT_TRUST_DOMAIN, EXTRA_ROOTS_FILE, rfc3339,
 };
 
-use super::run::EXIT_USAGE;
+/// A bad flag value: a usage error, as for every offline tool (clap's own are 2 too).
+const EXIT_USAGE: u8 = 2;
 
 /// Create a CA, or issue a node its certificate.
 #[derive(Args)]

@@ -1,17 +1,28 @@
 //! `netward lab`: the tutorials enforced for real, in network namespaces, without a cluster.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use netward_controller::Manifests;
 use netward_proxy::lab::run::{self, Options, Scenario};
 use netward_proxy::lab::servers::{Ports, serve_here};
 
-/// EX_NOPERM.
+/// Some probe observed something other than what the engine expects.
+const EXIT_MISMATCH: u8 = 1;
+/// Bad input or usage: an unknown scenario, invalid manifests, a bad flag.
+const EXIT_BAD_INPUT: u8 = 2;
+/// EX_OSERR: the lab could not be built or run (namespaces, nftables, netward's start).
+const EXIT_OSERR: u8 = 71;
+/// EX_NOPERM: not root.
 const EXIT_NOPERM: u8 = 77;
 
 #[derive(Args)]
+#[command(after_help = "\
+Exit codes: 0 every probe saw what the engine expects; 1 some did not (the cells are \
+named); 2 bad input or usage (an unknown scenario, invalid manifests, a bad flag); 71 \
+the lab could not be built or run; 77 not root.")]
 pub(crate) struct LabArgs {
     /// A bundled scenario (three-tier, rogue-pod, namespace-isolation, dns-egress,
     /// metadata-block) or a directory of Kubernetes YAML files, applied in name order.
@@ -71,30 +82,43 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn lab(args: &LabArgs) -> ExitCode {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "netward: error: netward lab needs root (it builds network namespaces and installs nftables rules): run it with sudo"
-        );
-        return ExitCode::from(EXIT_NOPERM);
-    }
     let mut out = std::io::stdout();
     if args.cleanup {
+        if let Some(code) = needs_root() {
+            return code;
+        }
         let n = run::cleanup(&mut out);
         println!("{n} lab namespaces removed");
         return ExitCode::SUCCESS;
     }
+    // The scenario and its manifests are checked first, so that bad input is reported
+    // as such (exit 2) with or without root.
     let scenario = match Scenario::load(&args.scenario) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("netward: error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    let mut manifests = Manifests::default();
+    for (name, text) in &scenario.files {
+        manifests.read_str(Path::new(name), text);
+    }
+    if !manifests.errors.is_empty() {
+        eprintln!("netward: error: the scenario's manifests are invalid:");
+        for e in &manifests.errors {
+            eprintln!("  {e}");
+        }
+        return ExitCode::from(EXIT_BAD_INPUT);
+    }
+    if let Some(code) = needs_root() {
+        return code;
+    }
     let netward_bin = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("netward: error: cannot find my own binary: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_OSERR);
         }
     };
     let opts = Options {
@@ -121,12 +145,28 @@ pub(crate) fn lab(args: &LabArgs) -> ExitCode {
     }
     match result {
         Ok(report) if report.ok() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
+        Ok(_) => ExitCode::from(EXIT_MISMATCH),
         Err(e) => {
             eprintln!("netward: error: {e}");
-            ExitCode::from(2)
+            match e {
+                run::Error::NoScenario(..) | run::Error::Manifests(_) => {
+                    ExitCode::from(EXIT_BAD_INPUT)
+                }
+                _ => ExitCode::from(EXIT_OSERR),
+            }
         }
     }
+}
+
+/// `Some(77)`, said why, when not root.
+fn needs_root() -> Option<ExitCode> {
+    if nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    eprintln!(
+        "netward: error: netward lab needs root (it builds network namespaces and installs nftables rules): run it with sudo"
+    );
+    Some(ExitCode::from(EXIT_NOPERM))
 }
 
 pub(crate) fn serve(args: &ServeArgs) -> ExitCode {
