@@ -920,7 +920,9 @@ impl Service {
                 namespace,
                 name,
                 cluster_ips,
-                selector: spec.selector,
+                // An empty selector reads back from the API server as none (the map is
+                // omitted when empty), and such a Service gets no endpoints.
+                selector: spec.selector.filter(|s| !s.is_empty()),
                 ports,
             })
         } else {

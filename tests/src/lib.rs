@@ -410,12 +410,17 @@ pub fn expectations(name: &str) -> Vec<Expect> {
     )
 }
 
-/// The expectations of a scenario directory (its `expect.yaml`).
+/// The expectations of a scenario directory (the `Expectations` in its `expect.yaml`).
 pub fn expectations_at(dir: &Path) -> Vec<Expect> {
-    let path = dir.join("expect.yaml");
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    serde_yaml::from_value(doc["spec"]["expect"].clone()).unwrap()
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(dir.join("expect.yaml")).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .filter(|doc| doc["kind"].as_str() == Some("Expectations"))
+        .flat_map(|doc| {
+            serde_yaml::from_value::<Vec<Expect>>(doc["spec"]["expect"].clone()).unwrap()
+        })
+        .collect()
 }
 
 /// `GET path` on a node's admin server (`127.0.0.1:port` inside `ns`): `(status, body)`,

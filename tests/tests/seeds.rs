@@ -132,8 +132,9 @@ fn matrix_explain_and_lab_agree_cell_for_cell() {
         assert!(o.status.success(), "lab {}:\n{}", dir.display(), text(&o));
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(report_file.path()).unwrap()).unwrap();
+        // A tutorial with one pod has no pod-to-pod cells (its flows go to external hosts,
+        // which the lab checked against the engine above).
         let cells = report["cells"].as_array().unwrap();
-        assert!(!cells.is_empty(), "{}: no cells probed", dir.display());
         // matrix once per (step, protocol, port).
         let mut matrices: std::collections::BTreeMap<(String, String, u64), serde_json::Value> =
             std::collections::BTreeMap::new();

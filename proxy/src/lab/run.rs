@@ -268,7 +268,10 @@ pub struct Report {
 impl Report {
     /// Whether everything agreed.
     pub fn ok(&self) -> bool {
-        self.mismatches.is_empty() && self.tutorial_failed.is_empty() && self.matched > 0
+        // Something must have been checked: a probe, or a statement of the tutorial.
+        self.mismatches.is_empty()
+            && self.tutorial_failed.is_empty()
+            && (self.matched > 0 || self.tutorial_checked > 0)
     }
 }
 
