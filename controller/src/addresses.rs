@@ -114,6 +114,31 @@ pub fn assign(cluster: &mut Cluster) -> Assigned {
     assigned
 }
 
+/// Gives the pods and Services of `step` (a scenario up to one of its files) the node and
+/// addresses `whole` (the same scenario, every file, after [`assign`]) has for them: the
+/// lab plans addresses once for every step, so a pod keeps its address when a later file
+/// adds others. What `whole` does not have is assigned as [`assign`] does.
+pub fn assign_from(step: &mut Cluster, whole: &Cluster) -> Assigned {
+    for (key, pod) in &mut step.pods {
+        if let Some(planned) = whole.pods.get(key) {
+            if pod.node.is_none() {
+                pod.node.clone_from(&planned.node);
+            }
+            if pod.ips.is_empty() && !pod.host_network {
+                pod.ips.clone_from(&planned.ips);
+            }
+        }
+    }
+    for (key, svc) in &mut step.services {
+        if let Some(planned) = whole.services.get(key)
+            && svc.cluster_ips.is_empty()
+        {
+            svc.cluster_ips.clone_from(&planned.cluster_ips);
+        }
+    }
+    assign(step)
+}
+
 /// The addresses of node k (1-based).
 pub fn node_ips(k: usize) -> (Ipv4Addr, Ipv6Addr) {
     let k8 = u8::try_from(k).unwrap_or(u8::MAX);

@@ -15,7 +15,10 @@ use netward_controller::render::{
     CellChange, ExplainReport, ServiceExplanation, ServiceQuery, matrix_changes, matrix_dot,
     matrix_reasons, matrix_table, matrix_table_since,
 };
-use netward_controller::{Endpoint, Flow, Manifests, Matrix, PodId, Protocol, Snapshot, Transport};
+use netward_controller::workloads::WorkloadKind;
+use netward_controller::{
+    Cluster, Endpoint, Flow, Manifests, Matrix, PodId, Protocol, Snapshot, Transport, addresses,
+};
 
 /// Exit code for bad input and usage errors (as clap's own).
 const EXIT_BAD_INPUT: u8 = 2;
@@ -152,17 +155,23 @@ pub(crate) fn parse_protocol(s: &str) -> Result<Protocol, String> {
 /// addresses get the ones `netward lab` gives them (a note says so), so that ipBlock
 /// rules decide the same whether or not the files write `status.podIPs`.
 pub(crate) fn load_snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
-    use netward_controller::{addresses, workloads::WorkloadKind};
-    const READS: &str = "Namespaces, Pods, Services, Nodes, NetworkPolicies and the workloads \
-        Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob";
+    let mut cluster = load_cluster(files, true)?;
+    require_pods(&cluster, files)?;
+    note_assigned(addresses::assign(&mut cluster));
+    Ok(Snapshot::compile(&cluster))
+}
+
+/// Reads manifests into a cluster (workloads expanded, no addresses assigned); any error
+/// in the input is fatal here. `notes`: say on stderr what was ignored and expanded.
+fn load_cluster(files: &[PathBuf], notes: bool) -> anyhow::Result<Cluster> {
     let manifests = Manifests::read_paths(files);
-    for ignored in &manifests.ignored {
-        eprintln!("netward: note: ignoring {ignored} (netward reads {READS})");
+    if notes {
+        for ignored in &manifests.ignored {
+            eprintln!("netward: note: ignoring {ignored} (netward reads {READS})");
+        }
     }
     let workloads = manifests.workloads.clone();
-    let policies = manifests.cluster.policies.len();
-    let ignored = manifests.ignored.len();
-    let mut cluster = match manifests.into_clean() {
+    let cluster = match manifests.into_clean() {
         Ok(cluster) => cluster,
         Err(errors) => {
             let n = errors.len();
@@ -174,39 +183,54 @@ pub(crate) fn load_snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
             )
         }
     };
-    for w in &workloads {
-        const SHOWN: usize = 8;
-        let n = w.pods.len();
-        let mut names = w
-            .pods
-            .iter()
-            .take(SHOWN)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if n > SHOWN {
-            names.push_str(&format!(", ... ({} more)", n - SHOWN));
+    if notes {
+        for w in &workloads {
+            const SHOWN: usize = 8;
+            let n = w.pods.len();
+            let mut names = w
+                .pods
+                .iter()
+                .take(SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            if n > SHOWN {
+                names.push_str(&format!(", ... ({} more)", n - SHOWN));
+            }
+            eprintln!(
+                "netward: note: {} {}/{}: {n} pod{} {names}",
+                w.kind,
+                w.namespace,
+                w.name,
+                if n == 1 { "" } else { "s" },
+            );
         }
-        eprintln!(
-            "netward: note: {} {}/{}: {n} pod{} {names}",
-            w.kind,
-            w.namespace,
-            w.name,
-            if n == 1 { "" } else { "s" },
-        );
     }
-    if cluster.pods.is_empty() {
-        let given: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        bail!(
-            "-f {}: no pods: netward reads Pods and workloads ({}) and decides flows between \
-             them; these files hold {policies} NetworkPolic{} and {ignored} object{} of other kinds",
-            given.join(" "),
-            WorkloadKind::ALL.map(WorkloadKind::as_str).join(", "),
-            if policies == 1 { "y" } else { "ies" },
-            if ignored == 1 { "" } else { "s" },
-        );
+    Ok(cluster)
+}
+
+/// What netward reads, for notes and errors.
+const READS: &str = "Namespaces, Pods, Services, Nodes, NetworkPolicies and the workloads \
+    Deployment, StatefulSet, DaemonSet, ReplicaSet, Job and CronJob";
+
+/// Fails when the input yields no pod at all: there is no flow to decide.
+fn require_pods(cluster: &Cluster, files: &[PathBuf]) -> anyhow::Result<()> {
+    if !cluster.pods.is_empty() {
+        return Ok(());
     }
-    let assigned = addresses::assign(&mut cluster);
+    let policies = cluster.policies.len();
+    let given: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    bail!(
+        "-f {}: no pods: netward reads Pods and workloads ({}) and decides flows between \
+         them; these files hold {policies} NetworkPolic{}",
+        given.join(" "),
+        WorkloadKind::ALL.map(WorkloadKind::as_str).join(", "),
+        if policies == 1 { "y" } else { "ies" },
+    )
+}
+
+/// Says on stderr which addresses were given, as the lab gives them.
+fn note_assigned(assigned: addresses::Assigned) {
     if assigned.pods > 0 {
         eprintln!(
             "netward: note: {} pod{} without status.podIPs got addresses from the default pod CIDRs \
@@ -222,7 +246,6 @@ pub(crate) fn load_snapshot(files: &[PathBuf]) -> anyhow::Result<Snapshot> {
             if assigned.services == 1 { "" } else { "s" },
         );
     }
-    Ok(Snapshot::compile(&cluster))
 }
 
 fn fail(e: &anyhow::Error) -> ExitCode {
@@ -472,19 +495,30 @@ fn matrix_steps(
         bail!("--step: {} holds no manifest files", dir.display());
     }
     let n = steps.len();
+    // Addresses are planned once, on every file, as the lab plans them: a pod keeps its
+    // address when a later file adds others.
+    let mut whole = load_cluster(&steps, true)?;
+    require_pods(&whole, &args.files)?;
+    note_assigned(addresses::assign(&mut whole));
     let mut text = String::new();
     let mut docs = Vec::new();
     let mut previous: Option<Matrices> = None;
     let mut last_snap = None;
     for k in 0..n {
-        let snap = load_snapshot(&steps[..=k])?;
+        let mut cluster = load_cluster(&steps[..=k], false)?;
+        addresses::assign_from(&mut cluster, &whole);
+        let snap = Snapshot::compile(&cluster);
         let ms = matrices(&snap, matrix_pods(&snap, namespace), args.protocol, ports);
         let name = steps[k]
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         let _ = writeln!(text, "== step {}/{n}: {name}", k + 1);
-        text.push_str(&ms.text(&snap, previous.as_ref(), args.output == MatrixOutput::Wide));
+        if cluster.pods.is_empty() {
+            text.push_str("no pods yet\n");
+        } else {
+            text.push_str(&ms.text(&snap, previous.as_ref(), args.output == MatrixOutput::Wide));
+        }
         if k + 1 < n {
             text.push('\n');
         }
