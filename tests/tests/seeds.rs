@@ -25,7 +25,7 @@ fn netward(args: &[&str]) -> Output {
     Command::new(netward_bin()).args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
+fn text_of(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -72,7 +72,7 @@ fn explain(dir: &Path, from: &str, to: &str, port: u16, protocol: &str) -> (bool
         "--protocol",
         protocol,
     ]);
-    let out = text(&o);
+    let out = text_of(&o);
     match o.status.code() {
         Some(0) => (true, out),
         Some(1) => (false, out),
@@ -80,11 +80,12 @@ fn explain(dir: &Path, from: &str, to: &str, port: u16, protocol: &str) -> (bool
     }
 }
 
-/// Every outcome the tutorials state, at the step they state it, through `explain` (no
-/// root: the engine on the YAML).
+/// Every outcome the tutorials state, at the step they state it, through `explain`, and
+/// through `matrix` when both ends are pods (no root: the engine on the YAML).
 #[test]
-fn every_tutorial_statement_holds_through_explain() {
+fn every_tutorial_statement_holds_through_explain_and_matrix() {
     let mut checked = 0;
+    let mut in_matrix = 0;
     for dir in seeds() {
         let steps = step_files(&dir);
         for e in expectations_at(&dir) {
@@ -105,10 +106,40 @@ fn every_tutorial_statement_holds_through_explain() {
                 protocol,
                 e.port
             );
+            // The same statement in the matrix, when both ends are pods.
+            if e.to.matches('/').count() == 1 && e.from.contains('/') {
+                let o = netward(&[
+                    "matrix",
+                    "-f",
+                    at.path().to_str().unwrap(),
+                    "--protocol",
+                    protocol,
+                    "--port",
+                    &e.port.to_string(),
+                    "-o",
+                    "json",
+                    "-A",
+                ]);
+                assert!(o.status.success(), "matrix: {}", text_of(&o));
+                let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+                let pods = m["pods"].as_array().unwrap();
+                let at_pod = |p: &str| pods.iter().position(|x| x.as_str() == Some(p)).unwrap();
+                assert_eq!(
+                    m["allowed"][at_pod(&e.from)][at_pod(&e.to)].as_bool(),
+                    Some(e.allowed),
+                    "{}: matrix: {} -> {} {protocol}/{} after {last}",
+                    dir.display(),
+                    e.from,
+                    e.to,
+                    e.port
+                );
+                in_matrix += 1;
+            }
             checked += 1;
         }
     }
     assert!(checked >= 50, "only {checked} statements");
+    assert!(in_matrix >= 20, "only {in_matrix} statements between pods");
 }
 
 /// `lab --step` on each tutorial: real traffic agrees with the engine on every cell at
@@ -130,7 +161,12 @@ fn matrix_explain_and_lab_agree_cell_for_cell() {
             "--report",
             report_file.path().to_str().unwrap(),
         ]);
-        assert!(o.status.success(), "lab {}:\n{}", dir.display(), text(&o));
+        assert!(
+            o.status.success(),
+            "lab {}:\n{}",
+            dir.display(),
+            text_of(&o)
+        );
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(report_file.path()).unwrap()).unwrap();
         // A tutorial with one pod has no pod-to-pod cells (its flows go to external hosts,
@@ -161,7 +197,7 @@ fn matrix_explain_and_lab_agree_cell_for_cell() {
                 "json",
                 "-A",
             ]);
-            assert!(o.status.success(), "matrix --step: {}", text(&o));
+            assert!(o.status.success(), "matrix --step: {}", text_of(&o));
             let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
             for step in doc["steps"].as_array().unwrap() {
                 for m in step["matrices"].as_array().unwrap() {
@@ -220,4 +256,87 @@ fn matrix_explain_and_lab_agree_cell_for_cell() {
         }
     }
     assert!(cells_checked >= 50, "only {cells_checked} cells");
+}
+
+/// A tutorial's own directory at `name`, copied so a test may change it.
+fn seed_copy(name: &str) -> tempfile::TempDir {
+    let src = seeds()
+        .into_iter()
+        .find(|d| d.file_name().unwrap().to_str().unwrap().starts_with(name))
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+/// Issue #15 point 1 on a tutorial's own policy: one misspelled field is an error with the
+/// nearest valid name (before, `podSelectr` made the policy select every pod and the
+/// matrix answered as if nothing were wrong).
+#[test]
+fn a_typo_in_a_tutorial_policy_is_an_error() {
+    let dir = seed_copy("000-");
+    let policy = dir.path().join("20-backend-policy.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains("\n  podSelector:\n"), "{text}");
+    std::fs::write(
+        &policy,
+        text.replace("\n  podSelector:\n", "\n  podSelectr:\n"),
+    )
+    .unwrap();
+    let o = netward(&["matrix", "-f", dir.path().to_str().unwrap()]);
+    let out = text_of(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("20-backend-policy.yaml: document 1: NetworkPolicy netpol-test/backend-access-policy: spec.podSelectr: unknown field \"podSelectr\": did you mean \"podSelector\"?"),
+        "{out}"
+    );
+}
+
+/// Issue #15 points 5 and 6 on a tutorial's own YAML: `-n`, several ports, `-o dot`.
+#[test]
+fn matrix_habits_on_a_tutorial() {
+    let dir = seeds()
+        .into_iter()
+        .find(|d| d.ends_with("001-pod-level-firewall"))
+        .unwrap();
+    let dir = dir.to_str().unwrap();
+    let o = netward(&[
+        "matrix",
+        "-f",
+        dir,
+        "-n",
+        "netpol-frontend",
+        "--port",
+        "80,53",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", text_of(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ms = doc["matrices"].as_array().unwrap();
+    assert_eq!(ms.len(), 2, "{doc}");
+    for m in ms {
+        assert_eq!(
+            m["pods"],
+            serde_json::json!(["netpol-frontend/client", "netpol-frontend/rogue"]),
+            "{doc}"
+        );
+    }
+    let o = netward(&["matrix", "-f", dir, "-o", "dot"]);
+    let dot = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text_of(&o));
+    // After every file: the client reaches every pod on 80 (one edge to "*"), the rogue
+    // pod reaches the client only, web-0 nobody.
+    assert!(
+        dot.contains("\"netpol-frontend/client\" -> \"*\" [label=\"TCP/80\"];"),
+        "{dot}"
+    );
+    assert!(
+        dot.contains("\"netpol-frontend/rogue\" -> \"netpol-frontend/client\" [label=\"TCP/80\"];"),
+        "{dot}"
+    );
+    assert_eq!(dot.matches(" -> ").count(), 2, "{dot}");
 }
