@@ -309,30 +309,10 @@ impl Snapshot {
     /// The reachability matrix over every live pod, for one protocol and port.
     pub fn matrix(&self, protocol: Protocol, port: u16) -> Matrix {
         let ids = self.pod_ids();
-        let endpoint = |id: PodId| {
-            let pod = self.pod(id);
-            Endpoint {
-                ip: pod.ips.first().copied(),
-                pod: Some(id),
-            }
-        };
-        let allowed = ids
+        let allowed = self
+            .matrix_decisions(&ids, protocol, port)
             .iter()
-            .map(|from| {
-                ids.iter()
-                    .map(|to| {
-                        self.authorize(&Flow {
-                            src: endpoint(*from),
-                            dst: endpoint(*to),
-                            protocol,
-                            port,
-                            // The matrix assumes every node runs netward with the tunnel.
-                            transport: Transport::Tunnel,
-                        })
-                        .allowed()
-                    })
-                    .collect()
-            })
+            .map(|row| row.iter().map(Decision::allowed).collect())
             .collect();
         Matrix {
             port,

@@ -1380,8 +1380,9 @@ fn policy_heap_bytes(p: &NetworkPolicy) -> usize {
 impl Snapshot {
     /// The decision behind every cell of a matrix over `pods` (rows from, columns to),
     /// each flow taken as [`Snapshot::matrix`] takes it: the pods' first addresses,
-    /// through the tunnel. For the cells' reasons (`matrix -o wide`) and for matrices
-    /// over a subset of the pods (`matrix -n`); `allowed()` of each is the matrix's cell.
+    /// through the tunnel (the matrix assumes every node runs netward with the tunnel).
+    /// [`Snapshot::matrix`] is `allowed()` of each over every pod; the CLI takes the
+    /// decisions for the cells' reasons (`matrix -o wide`) and for subsets (`matrix -n`).
     pub fn matrix_decisions(
         &self,
         pods: &[PodId],
