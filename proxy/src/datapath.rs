@@ -224,7 +224,8 @@ impl NodeDecision {
     }
 }
 
-/// Queued packets recognised as retransmissions of a flow just denied (not counted again).
+/// Queued packets recognised as retransmissions of a flow just decided (denied, held, or with
+/// its upstream connected): the same attempt, neither counted nor connected again.
 pub static RETRANSMISSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Recently denied 5-tuples: a client retransmits its SYN (Linux: after 1, 3, 7, ... 127 s),
@@ -539,6 +540,13 @@ impl HeldSet {
         Ok(())
     }
 
+    /// Whether `key` is held now.
+    fn contains(&self, key: &FlowKey) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|i| i.flows.contains(&(key.protocol, key.src, key.dst)))
+    }
+
     fn release(&self, key: &FlowKey) {
         if let Ok(mut inner) = self.0.lock() {
             let HeldInner { flows, per_source } = &mut *inner;
@@ -685,7 +693,7 @@ async fn serve(
             loop {
                 tick.tick().await;
                 let d = ready.sweep();
-                let n = d.expired + d.evicted;
+                let n = d.total();
                 if n > 0 {
                     HOLD_STATS
                         .ready_dropped
@@ -935,6 +943,20 @@ impl Verdicts {
             RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
             return self.refuse();
         }
+        if d.allowed && key.protocol == Protocol::Tcp && route.is_none() {
+            // A retransmitted SYN of a flow held now: the first SYN will be answered.
+            if self.held.contains(key) {
+                RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+                return Action::Drop;
+            }
+            // A retransmitted SYN of a flow whose upstream is connected already (the
+            // first SYN went on to the listener): the same attempt, no second upstream;
+            // the listener answers it as the retransmission it is.
+            if self.ready.contains(&(key.src, key.dst)) {
+                RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+                return Action::Accept;
+            }
+        }
         metrics
             .connections
             .get_or_create(&d.metric_labels(key.protocol))
@@ -1085,7 +1107,7 @@ impl Verdicts {
         let failure = match connected {
             Ok(upstream) => {
                 let dropped = self.ready.insert((key.src, key.dst), (d, upstream));
-                let n = dropped.expired + dropped.evicted;
+                let n = dropped.total();
                 if n > 0 {
                     HOLD_STATS
                         .ready_dropped

@@ -453,7 +453,7 @@ impl Collector for Atomics {
         counter(
             &mut enc,
             "verdict_retransmissions",
-            "Queued packets recognised as retransmissions of a flow just denied",
+            "Queued packets recognised as retransmissions of a flow just decided (denied, held, or with its upstream connected)",
             crate::datapath::RETRANSMISSIONS.load(Ordering::Relaxed),
         )?;
         counter(

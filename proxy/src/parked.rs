@@ -20,6 +20,15 @@ pub struct Dropped {
     pub expired: usize,
     /// Live entries evicted because the map was full.
     pub evicted: usize,
+    /// A live entry under the same key, replaced by the insert.
+    pub replaced: usize,
+}
+
+impl Dropped {
+    /// Every entry dropped.
+    pub fn total(&self) -> usize {
+        self.expired + self.evicted + self.replaced
+    }
 }
 
 struct Inner<K, V> {
@@ -63,6 +72,7 @@ impl<K: Eq + Hash + Clone, V> Parked<K, V> {
             *seq += 1;
             if let Some((v, _, _)) = map.insert(key.clone(), (value, *seq, now)) {
                 gone.push(v);
+                dropped.replaced += 1;
             }
             order.push_back((*seq, key, now));
         }
@@ -203,5 +213,14 @@ mod tests {
         }
         let inner = p.inner.lock().unwrap();
         assert!(inner.order.len() <= 2, "queue {}", inner.order.len());
+    }
+
+    #[test]
+    fn a_replaced_entry_is_counted() {
+        let p: Parked<u32, u32> = Parked::new(Duration::from_secs(60), 8);
+        assert_eq!(p.insert(1, 10).total(), 0);
+        let d = p.insert(1, 11);
+        assert_eq!(d.replaced, 1, "{d:?}");
+        assert_eq!(p.take(&1), Some(11));
     }
 }
