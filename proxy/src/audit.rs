@@ -191,7 +191,7 @@ pub enum Event {
 }
 
 /// A denied attempt. Its record is built by the writer, and only if it is written:
-/// under a flood most attempts are only counted, and the verdict thread must not spend
+/// under a flood most attempts are only counted, and the verdict task must not spend
 /// its time naming them.
 pub struct Deny {
     /// What attempts are aggregated by: protocol, source IP, destination IP and port.
@@ -355,17 +355,49 @@ struct Agg {
 
 type Key = (Protocol, IpAddr, IpAddr, u16);
 
+/// How long the writer sleeps between drains of its queue while events come; it backs
+/// off to [`DRAIN_IDLE`] while none do. Polled, not woken: a record costs the data
+/// path one queue push (no wake-up of this thread) and the writer one `write` per
+/// batch. A record reaches the output at most this long (or [`DRAIN_IDLE`]) after it
+/// is queued.
+pub const DRAIN_BUSY: Duration = Duration::from_millis(20);
+
+/// The writer's longest sleep between drains, when nothing came.
+pub const DRAIN_IDLE: Duration = Duration::from_millis(200);
+
+/// How often aggregated deny windows are checked for records to write.
+const AGGREGATE_EVERY: Duration = Duration::from_millis(500);
+
 async fn write_loop(mut rx: mpsc::Receiver<Event>, out: &mut Writer, cfg: &Config) {
     let mut aggs: HashMap<Key, Agg> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(Event::Record(r)) => out.write(&r),
-                Some(Event::Deny(r)) => deny(&mut aggs, r, out, cfg),
-                None => break,
-            },
-            _ = tick.tick() => flush(&mut aggs, out, cfg.deny_window, false),
+    let mut pause = DRAIN_BUSY;
+    let mut aggregated = Instant::now();
+    let mut open = true;
+    while open {
+        tokio::time::sleep(pause).await;
+        let mut got = 0usize;
+        loop {
+            match rx.try_recv() {
+                Ok(Event::Record(r)) => out.write(&r),
+                Ok(Event::Deny(r)) => deny(&mut aggs, r, out, cfg),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+            got += 1;
+        }
+        pause = if got > 0 {
+            DRAIN_BUSY
+        } else {
+            (pause * 2).min(DRAIN_IDLE)
+        };
+        if aggregated.elapsed() >= AGGREGATE_EVERY {
+            flush(&mut aggs, out, cfg.deny_window, false);
+            aggregated = Instant::now();
+        } else if got > 0 {
+            out.flush();
         }
     }
     flush(&mut aggs, out, cfg.deny_window, true);
@@ -448,6 +480,9 @@ struct Writer {
 /// persistent failure costs one attempt (and one lost oldest file at worst) per minute.
 pub const ROTATE_RETRY: Duration = Duration::from_secs(60);
 
+/// The writer's output buffer: one `write` carries many records.
+const WRITE_BUFFER: usize = 64 * 1024;
+
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -458,14 +493,24 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 impl Writer {
     fn open(output: &Output) -> std::io::Result<Writer> {
         let (sink, size): (Box<dyn Write + Send>, u64) = match output {
-            Output::Stdout => (Box::new(std::io::stdout()), 0),
+            // Buffered: the writer flushes once per drain, not once per line.
+            Output::Stdout => (
+                Box::new(std::io::BufWriter::with_capacity(
+                    WRITE_BUFFER,
+                    std::io::stdout(),
+                )),
+                0,
+            ),
             Output::File { path, .. } => {
                 let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(path)?;
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-                (Box::new(std::io::BufWriter::new(f)), size)
+                (
+                    Box::new(std::io::BufWriter::with_capacity(WRITE_BUFFER, f)),
+                    size,
+                )
             }
         };
         Ok(Writer {
@@ -553,7 +598,7 @@ impl Writer {
                 std::fs::rename(path, name(1))?;
             }
         }
-        self.sink = Box::new(std::io::BufWriter::new(f));
+        self.sink = Box::new(std::io::BufWriter::with_capacity(WRITE_BUFFER, f));
         self.size = fresh.metadata().map(|m| m.len()).unwrap_or(0);
         STATS.rotations.fetch_add(1, Ordering::Relaxed);
         std::fs::rename(&fresh, path)

@@ -35,7 +35,7 @@ use crate::net::{ClientAddr, LocalAddrs, OrigDst, connect_upstream, transparent_
 use crate::packet::FlowKey;
 use crate::parked::Parked;
 use crate::relay::{End, RelayOptions, Side, relay_until};
-use crate::verdict::{Action, LaterSlot, VerdictConfig, run_queue_with};
+use crate::verdict::{Action, LaterSlot, VerdictConfig, run_queue_async};
 
 /// Errors that stop the datapath.
 #[derive(Debug, thiserror::Error)]
@@ -540,13 +540,6 @@ impl HeldSet {
         Ok(())
     }
 
-    /// Whether `key` is held now.
-    fn contains(&self, key: &FlowKey) -> bool {
-        self.0
-            .lock()
-            .is_ok_and(|i| i.flows.contains(&(key.protocol, key.src, key.dst)))
-    }
-
     fn release(&self, key: &FlowKey) {
         if let Ok(mut inner) = self.0.lock() {
             let HeldInner { flows, per_source } = &mut *inner;
@@ -656,9 +649,10 @@ async fn serve(
         }
     };
 
-    // The verdict thread: blocking netlink I/O, off the async workers.
+    // The verdict task: reads the queue on the data runtime, so that a held SYN's
+    // upstream connect starts on the worker that decided it (no thread hand-off).
     let queue_bound = Arc::new(AtomicBool::new(false));
-    let verdict_thread = {
+    let verdict_task = {
         let verdicts = Arc::new(Verdicts {
             policy: policy.clone(),
             ready: ready.clone(),
@@ -675,13 +669,10 @@ async fn serve(
             mark_mask: opts.rules.marks.mask,
             queue_maxlen: 8192,
         };
-        std::thread::Builder::new()
-            .name("netward-verdict".into())
-            .spawn(move || verdict_loop(&cfg, &verdicts, &stop, &bound))
-            .map_err(|source| Error::Listen {
-                addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.rules.tcp_port)),
-                source,
-            })?
+        tokio::spawn(
+            async move { verdict_loop(cfg, verdicts, stop, bound).await }
+                .instrument(info_span!("verdict", queue = cfg.queue_num)),
+        )
     };
 
     // Parked upstreams and tunnel streams whose client never completed its handshake
@@ -812,7 +803,13 @@ async fn serve(
     for l in listeners {
         l.abort();
     }
-    let _ = tokio::task::spawn_blocking(move || verdict_thread.join()).await;
+    // The task sees `stop` within one heartbeat; closing its queue drops what waits.
+    if tokio::time::timeout(Duration::from_secs(2), verdict_task)
+        .await
+        .is_err()
+    {
+        warn!("the verdict task did not stop within 2s");
+    }
     Ok(())
 }
 
@@ -857,7 +854,7 @@ fn revoke_flows(policy: &NodePolicy, snap: &Arc<Snapshot>, own_zone: u16) -> usi
     revoked
 }
 
-/// What the verdict thread decides with, shared with the tasks that finish held flows.
+/// What the verdict task decides with, shared with the tasks that finish held flows.
 struct Verdicts {
     policy: NodePolicy,
     ready: Arc<Parked<ConnKey, Ready>>,
@@ -944,18 +941,7 @@ impl Verdicts {
             return self.refuse();
         }
         if d.allowed && key.protocol == Protocol::Tcp && route.is_none() {
-            // A retransmitted SYN of a flow held now: the first SYN will be answered.
-            if self.held.contains(key) {
-                RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
-                return Action::Drop;
-            }
-            // A retransmitted SYN of a flow whose upstream is connected already (the
-            // first SYN went on to the listener): the same attempt, no second upstream;
-            // the listener answers it as the retransmission it is.
-            if self.ready.contains(&(key.src, key.dst)) {
-                RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
-                return Action::Accept;
-            }
+            return self.hold_and_connect(key, d, take);
         }
         metrics
             .connections
@@ -982,33 +968,52 @@ impl Verdicts {
             mesh.start_open(*key, d, route, later, &self.opts, self.recent.clone());
             return Action::Defer;
         }
-        if key.protocol == Protocol::Tcp {
-            // Held until the upstream answers, so that the client sees what the
-            // destination (or a firewall on the way) gives it, not an open port.
-            return match self.held.hold(key) {
-                Ok(()) => {
-                    let Some(later) = take() else {
-                        self.held.release(key);
-                        return Action::Drop;
-                    };
-                    let (me, key) = (self.clone(), *key);
-                    self.runtime
-                        .spawn(async move { me.connect_then_answer(key, d, later).await });
-                    Action::Defer
-                }
-                Err(Refusal::Retransmission) => Action::Drop,
-                Err(Refusal::Full) => {
-                    debug!(src.addr = %key.src, dst.addr = %key.dst, "too many held connections; dropping the SYN");
-                    Action::Drop
-                }
-            };
-        }
         // UDP, SCTP, ICMP: the kernel forwards the flow; this is its one record.
         if audit.enabled() {
             audit.send(audit::Event::Record(Box::new(d.audit("flow", key, None))));
         }
         debug!(protocol = %key.protocol, src.addr = %key.src, dst.addr = %key.dst, "flow allowed");
         Action::Accept
+    }
+
+    /// An allowed TCP SYN (no tunnel): held until the upstream answers, so that the
+    /// client sees what the destination (or a firewall on the way) gives it, not an
+    /// open port. A retransmitted SYN of the same attempt is not a new connection.
+    fn hold_and_connect(
+        self: &Arc<Self>,
+        key: &FlowKey,
+        d: NodeDecision,
+        take: &mut dyn FnMut() -> Option<crate::verdict::Later>,
+    ) -> Action {
+        // The upstream is connected already (the first SYN went on to the listener): the
+        // same attempt, no second upstream; the listener answers it as a retransmission.
+        if self.ready.contains(&(key.src, key.dst)) {
+            RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+            return Action::Accept;
+        }
+        let held = self.held.hold(key);
+        if let Err(Refusal::Retransmission) = held {
+            // Held now: the first SYN will be answered.
+            RETRANSMISSIONS.fetch_add(1, Ordering::Relaxed);
+            return Action::Drop;
+        }
+        self.opts
+            .metrics
+            .connections
+            .get_or_create(&d.metric_labels(key.protocol))
+            .inc();
+        if let Err(Refusal::Full) = held {
+            debug!(src.addr = %key.src, dst.addr = %key.dst, "too many held connections; dropping the SYN");
+            return Action::Drop;
+        }
+        let Some(later) = take() else {
+            self.held.release(key);
+            return Action::Drop;
+        };
+        let (me, key) = (self.clone(), *key);
+        self.runtime
+            .spawn(async move { me.connect_then_answer(key, d, later).await });
+        Action::Defer
     }
 
     /// One deny event (the audit writer deduplicates and aggregates them). Logged at
@@ -1103,10 +1108,11 @@ impl Verdicts {
             self.opts.connect_timeout,
         )
         .await;
-        self.held.release(&key);
         let failure = match connected {
             Ok(upstream) => {
+                // Parked before the hold ends: a retransmitted SYN finds one or the other.
                 let dropped = self.ready.insert((key.src, key.dst), (d, upstream));
+                self.held.release(&key);
                 let n = dropped.total();
                 if n > 0 {
                     HOLD_STATS
@@ -1116,7 +1122,10 @@ impl Verdicts {
                 later.answer(Action::Accept);
                 return;
             }
-            Err(e) => e,
+            Err(e) => {
+                self.held.release(&key);
+                e
+            }
         };
         let refused = matches!(&failure, crate::net::Error::Connect { source, .. }
             if source.kind() == std::io::ErrorKind::ConnectionRefused);
@@ -1177,11 +1186,11 @@ fn upstream_source(
 /// ready anyway (and warns).
 const QUEUE_BIND_WAIT: Duration = Duration::from_secs(2);
 
-fn verdict_loop(
-    cfg: &VerdictConfig,
-    verdicts: &Arc<Verdicts>,
-    stop: &AtomicBool,
-    bound: &AtomicBool,
+async fn verdict_loop(
+    cfg: VerdictConfig,
+    verdicts: Arc<Verdicts>,
+    stop: Arc<AtomicBool>,
+    bound: Arc<AtomicBool>,
 ) {
     let metrics = verdicts.opts.metrics.clone();
     // Watched from the start: a queue that cannot be bound never beats, and /healthz fails.
@@ -1193,20 +1202,20 @@ fn verdict_loop(
         metrics.beat_within("verdict", VERDICT_STALL_LIMIT);
     };
     while !stop.load(Ordering::Relaxed) {
-        match run_queue_with(cfg, &decide, stop, &beat) {
+        match run_queue_async(&cfg, &decide, &stop, &beat).await {
             Ok(()) => break,
             Err(e) => {
                 // Fail closed meanwhile: without a reader the kernel drops queued packets.
                 warn!(error = %e, "verdict queue failed; reopening in 1s");
-                std::thread::sleep(Duration::from_secs(1));
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
-/// `/healthz` fails when the verdict thread has not answered (or waited on) its queue
-/// for this long: it reads with a 100 ms timeout, so it beats several times a second
-/// while it works.
+/// `/healthz` fails when the verdict task has not answered (or waited on) its queue
+/// for this long: it beats every 250 ms while it is polled, so a wedged runtime fails
+/// it too.
 pub const VERDICT_STALL_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]

@@ -92,6 +92,22 @@ pub(crate) fn set_bind_address_no_port(fd: BorrowedFd<'_>, on: bool) -> io::Resu
     Ok(())
 }
 
+/// Registers a shared descriptor with the current tokio reactor for `interest`.
+///
+/// The registration holds its own clone of the `Arc`, so the descriptor stays open at
+/// least as long as the registration does.
+pub(crate) fn register_shared_fd(
+    fd: std::sync::Arc<OwnedFd>,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    // SAFETY: `AsyncFd` needs the descriptor to stay valid and open while it is
+    // registered. It owns a clone of the `Arc<OwnedFd>`, and an `OwnedFd` closes its
+    // descriptor only when the last clone is dropped, which cannot happen before the
+    // `AsyncFd` (and its deregistration) drops its own clone.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| e.into_parts().1)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests fail loudly on setup errors")]

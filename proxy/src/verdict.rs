@@ -457,33 +457,89 @@ pub fn run_queue_with(
             Some(len) => len,
             None => continue,
         };
-        for msg in messages(&buf[..len]) {
-            match msg {
-                Message::Packet(p) => {
-                    let started = Instant::now();
-                    queue.answer(cfg, &p, decide)?;
-                    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    STATS.latency_ns_sum.fetch_add(ns, Ordering::Relaxed);
-                    STATS.latency_count.fetch_add(1, Ordering::Relaxed);
-                }
-                Message::Error { errno, seq } if errno != 0 => {
-                    STATS.verdict_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        queue = cfg.queue_num,
-                        seq,
-                        error = %Errno::from_raw(errno),
-                        "the kernel refused a verdict"
-                    );
-                }
-                Message::Error { .. } | Message::Other(_) => {}
-                Message::Malformed(reason) => {
-                    tracing::warn!(queue = cfg.queue_num, reason, "malformed netlink message");
-                }
+        queue.answer_all(cfg, &buf[..len], decide)?;
+    }
+    tracing::info!(queue = cfg.queue_num, "verdict queue stopped");
+    Ok(())
+}
+
+/// Datagrams read per wake-up of [`run_queue_async`] before it lets other tasks run.
+const ASYNC_BATCH: usize = 64;
+
+/// Like [`run_queue_with`], as a task on the caller's tokio runtime: the queue's socket
+/// is read when the reactor reports it readable, and each packet is decided on the
+/// worker that read it. Work the decider spawns (the upstream connect of a held SYN)
+/// then starts on that same worker, with no hand-off between threads. `tick` is called
+/// at least every 250 ms while the queue is bound and read; `stop` is seen as often.
+pub async fn run_queue_async(
+    cfg: &VerdictConfig,
+    decide: &(dyn Fn(&FlowKey, &LaterSlot<'_>) -> Action + Sync),
+    stop: &AtomicBool,
+    tick: &(dyn Fn() + Sync),
+) -> Result<()> {
+    cfg.validate()?;
+    // Binding waits for the kernel's acknowledgements (blocking, bounded): off the workers.
+    let bind_cfg = *cfg;
+    let mut queue = tokio::task::spawn_blocking(move || Queue::open(&bind_cfg))
+        .await
+        .map_err(|e| Error::Open {
+            queue: cfg.queue_num,
+            source: io::Error::other(e),
+        })??;
+    let ready = crate::sys::register_shared_fd(queue.fd.clone(), tokio::io::Interest::READABLE)
+        .map_err(|source| Error::Open {
+            queue: cfg.queue_num,
+            source,
+        })?;
+    tracing::info!(
+        queue = cfg.queue_num,
+        maxlen = cfg.queue_maxlen,
+        "verdict queue bound"
+    );
+    let mut buf = vec![0u8; RECV_BUFFER];
+    let mut beat = tokio::time::interval(TICK_EVERY);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
+    tick();
+    while !stop.load(Ordering::Relaxed) {
+        let mut guard = tokio::select! {
+            biased;
+            r = ready.readable() => r.map_err(|source| Error::Recv { queue: cfg.queue_num, source })?,
+            _ = beat.tick() => {
+                tick();
+                last_tick = Instant::now();
+                continue;
             }
+        };
+        for _ in 0..ASYNC_BATCH {
+            match queue.recv_now(&mut buf)? {
+                Received::Data(len) => queue.answer_all(cfg, &buf[..len], decide)?,
+                Received::Empty => {
+                    guard.clear_ready();
+                    break;
+                }
+                Received::Overflow => {}
+            }
+        }
+        drop(guard);
+        // A busy queue keeps the reactor's branch first: beat between batches too.
+        if last_tick.elapsed() >= TICK_EVERY {
+            tick();
+            last_tick = Instant::now();
         }
     }
     tracing::info!(queue = cfg.queue_num, "verdict queue stopped");
     Ok(())
+}
+
+/// What one non-blocking receive got.
+enum Received {
+    /// A datagram of this many bytes.
+    Data(usize),
+    /// Nothing waiting.
+    Empty,
+    /// The socket buffer overflowed (the kernel dropped packets); read on.
+    Overflow,
 }
 
 /// An open, bound queue.
@@ -655,6 +711,63 @@ impl Queue {
                 source: e.into(),
             }),
         }
+    }
+
+    /// Receives one datagram without blocking.
+    fn recv_now(&mut self, buf: &mut [u8]) -> Result<Received> {
+        loop {
+            return match socket::recv(self.fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(len) => Ok(Received::Data(len)),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => Ok(Received::Empty),
+                Err(Errno::ENOBUFS) => {
+                    STATS.overflows.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        queue = self.num,
+                        "verdict queue socket buffer overflowed; the kernel dropped packets"
+                    );
+                    Ok(Received::Overflow)
+                }
+                Err(e) => Err(Error::Recv {
+                    queue: self.num,
+                    source: e.into(),
+                }),
+            };
+        }
+    }
+
+    /// Decides and answers every packet of one datagram.
+    fn answer_all(
+        &mut self,
+        cfg: &VerdictConfig,
+        datagram: &[u8],
+        decide: &(dyn Fn(&FlowKey, &LaterSlot<'_>) -> Action + Sync),
+    ) -> Result<()> {
+        for msg in messages(datagram) {
+            match msg {
+                Message::Packet(p) => {
+                    let started = Instant::now();
+                    self.answer(cfg, &p, decide)?;
+                    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    STATS.latency_ns_sum.fetch_add(ns, Ordering::Relaxed);
+                    STATS.latency_count.fetch_add(1, Ordering::Relaxed);
+                }
+                Message::Error { errno, seq } if errno != 0 => {
+                    STATS.verdict_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        queue = cfg.queue_num,
+                        seq,
+                        error = %Errno::from_raw(errno),
+                        "the kernel refused a verdict"
+                    );
+                }
+                Message::Error { .. } | Message::Other(_) => {}
+                Message::Malformed(reason) => {
+                    tracing::warn!(queue = cfg.queue_num, reason, "malformed netlink message");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn recv_raw(&self, buf: &mut [u8]) -> nix::Result<usize> {

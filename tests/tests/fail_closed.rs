@@ -404,7 +404,7 @@ fn the_tproxy_port_is_not_a_service() {
     assert!(!log.contains("Too many open files"), "{log}");
 }
 
-/// Point 8: `/healthz` fails while the verdict thread is not answering (here: another
+/// Point 8: `/healthz` fails while the verdict task is not answering (here: another
 /// reader holds the queue, so netward's cannot bind it), and passes once it answers.
 #[test]
 fn healthz_fails_while_the_verdict_thread_is_not_answering() {

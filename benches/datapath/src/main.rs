@@ -80,6 +80,10 @@ struct Args {
     /// The `netward` binary (default: next to this one).
     #[arg(long)]
     netward: Option<PathBuf>,
+    /// Another `netward` build for the `netward-before` path (e.g. main before a change),
+    /// so that before and after are measured interleaved in one run.
+    #[arg(long)]
+    netward_before: Option<PathBuf>,
     /// Where to write `<date>-<commit>.md` and `.json` (default: benches/results).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -383,6 +387,7 @@ fn run_single_node(
     let env = Env {
         node,
         netward,
+        netward_before: args.netward_before.as_deref(),
         manifests: lab.dir.path(),
         scale_manifests: &scale_dir,
         workdir: workdir.path(),
@@ -618,6 +623,7 @@ fn measure(
     if wants("conn") {
         let _perf = perf("conn");
         let cpu0 = (run.cpu)();
+        let accepts0 = crate::servers::RR_ACCEPTS.load(std::sync::atomic::Ordering::Relaxed);
         let rate = work::conn_rate(
             client,
             SocketAddr::new(target, RR_PORT),
@@ -626,6 +632,14 @@ fn measure(
         )
         .with_context(|| format!("{}: connection rate", kind.name()))?;
         m.insert("conn_rate", rate);
+        // Late closes of the last connections are counted by then: the client waited for
+        // every response, and the server counts at accept.
+        let accepts =
+            crate::servers::RR_ACCEPTS.load(std::sync::atomic::Ordering::Relaxed) - accepts0;
+        m.insert(
+            "conn_upstreams_per_conn",
+            accepts as f64 / sizes.conns as f64,
+        );
         if let (Some(c0), Some(c1)) = (cpu0, (run.cpu)()) {
             m.insert("conn_cpu_s_per_1k", (c1 - c0) / sizes.conns as f64 * 1000.0);
         }

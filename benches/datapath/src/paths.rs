@@ -20,6 +20,9 @@ pub(crate) enum PathKind {
     Direct,
     /// `netward run` (splice).
     Netward,
+    /// `netward run` of another build (`--netward-before`): before/after figures of a
+    /// change, interleaved in one run. Only when asked for in `--paths`.
+    NetwardBefore,
     /// HAProxy in transparent TCP mode with splicing, behind the same TPROXY rules.
     Haproxy,
     /// `netward run --no-splice`.
@@ -39,9 +42,10 @@ pub(crate) enum PathKind {
 
 impl PathKind {
     /// Every path, in run order.
-    pub(crate) const ALL: [PathKind; 9] = [
+    pub(crate) const ALL: [PathKind; 10] = [
         PathKind::Direct,
         PathKind::Netward,
+        PathKind::NetwardBefore,
         PathKind::Haproxy,
         PathKind::Copy,
         PathKind::NetwardScale,
@@ -87,6 +91,7 @@ impl PathKind {
         match self {
             PathKind::Direct => "direct",
             PathKind::Netward => "netward",
+            PathKind::NetwardBefore => "netward-before",
             PathKind::Haproxy => "haproxy",
             PathKind::Copy => "copy",
             PathKind::NetwardScale => "netward-scale",
@@ -115,6 +120,8 @@ pub(crate) struct Env<'a> {
     pub(crate) node: &'a Netns,
     /// The `netward` binary.
     pub(crate) netward: &'a Path,
+    /// The `netward` binary of the `netward-before` path, when given.
+    pub(crate) netward_before: Option<&'a Path>,
     /// Manifests with the two bench pods.
     pub(crate) manifests: &'a Path,
     /// The same plus the scale manifests.
@@ -216,13 +223,23 @@ impl Proxy {
             | PathKind::Netward2nPlaintext
             | PathKind::Netward2nMtls
             | PathKind::Haproxy2nTls => bail!("{} runs in the two-node lab", kind.name()),
-            PathKind::Netward | PathKind::Copy | PathKind::NetwardScale => {
+            PathKind::Netward
+            | PathKind::NetwardBefore
+            | PathKind::Copy
+            | PathKind::NetwardScale => {
                 let manifests = if kind == PathKind::NetwardScale {
                     env.scale_manifests
                 } else {
                     env.manifests
                 };
-                cmd.arg(env.netward)
+                let bin = match (kind, env.netward_before) {
+                    (PathKind::NetwardBefore, Some(before)) => before,
+                    (PathKind::NetwardBefore, None) => {
+                        bail!("the netward-before path needs --netward-before BINARY")
+                    }
+                    _ => env.netward,
+                };
+                cmd.arg(bin)
                     .arg("run")
                     .arg("--manifests")
                     .arg(manifests)

@@ -215,6 +215,13 @@ const FIGURES: &[Figure] = &[
         true,
     ),
     fig(
+        "conn_upstreams_per_conn",
+        "server accepts per client connection (upstreams opened)",
+        "×",
+        3,
+        false,
+    ),
+    fig(
         "idle_rss_per_conn",
         "proxy RSS per idle connection",
         "B",
@@ -495,6 +502,26 @@ impl Report {
         )
     }
 
+    /// Paired ratios of `netward` to `netward-before` per figure: a change's before and
+    /// after, interleaved in one run.
+    fn before_after(&self) -> String {
+        use PathKind::{Netward, NetwardBefore};
+        let mut s = String::new();
+        for f in FIGURES {
+            if let Some(r) = self.paired_ratio(f.id, Netward, NetwardBefore) {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | **{:.2}×** ({:.2}–{:.2}) |",
+                    f.label, f.unit, r.median, r.min, r.max,
+                );
+            }
+        }
+        if s.is_empty() {
+            return s;
+        }
+        format!("\n| figure | unit | netward / netward-before |\n|---|---|---|\n{s}")
+    }
+
     fn single_node_goals(&self) -> Vec<(String, String, bool)> {
         use PathKind::{Direct, Haproxy, Netward, NetwardScale};
         let mut g = Vec::new();
@@ -523,6 +550,34 @@ impl Report {
                 "connection rate ≥ HAProxy's".to_owned(),
                 format!("{:.2}× HAProxy ({:.2}–{:.2})", h.median, h.min, h.max),
                 h.median >= 1.0,
+            ));
+        }
+        // Issue #16's goals.
+        if let (Some(d), Some(h)) = (
+            self.paired_ratio("conn_rate", Netward, Direct),
+            self.paired_ratio("conn_rate", Netward, Haproxy),
+        ) {
+            g.push((
+                "#16: connections/s ≥ 0.5× direct and ≥ 2× HAProxy".to_owned(),
+                format!(
+                    "{:.2}× direct ({:.2}–{:.2}); {:.2}× HAProxy ({:.2}–{:.2})",
+                    d.median, d.min, d.max, h.median, h.min, h.max
+                ),
+                d.median >= 0.5 && h.median >= 2.0,
+            ));
+        }
+        if let Some(r) = self.paired_ratio("bulk1_gbps", Netward, Direct) {
+            g.push((
+                "#16: one-stream bulk ≥ 0.85× direct".to_owned(),
+                format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max),
+                r.median >= 0.85,
+            ));
+        }
+        if let Some(d) = self.paired_diff("new_p50", Netward, Direct) {
+            g.push((
+                "#16: added new-connection p50 ≤ 60 µs".to_owned(),
+                format!("+{:.0} µs ({:.0}–{:.0})", d.median, d.min, d.max),
+                d.median <= 60.0,
             ));
         }
         if let Some(d) = self.paired_diff("pp_p99", Netward, Direct) {
@@ -631,6 +686,14 @@ impl Report {
                 let _ = write!(s, " {} |", self.cell(f, *k));
             }
             s.push('\n');
+        }
+        let before = self.before_after();
+        if !before.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nnetward against netward-before (`--netward-before`), paired by round (median of the per-round ratios, min–max):"
+            );
+            s.push_str(&before);
         }
         let ratios = self.two_node_ratios();
         if !ratios.is_empty() {

@@ -16,6 +16,10 @@ pub(crate) const IPERF_PORT: u16 = 5201;
 pub(crate) const ECHO_PORT: u16 = 7001;
 /// One 16-byte request, one 16-byte response, then the server closes: connection rate.
 pub(crate) const RR_PORT: u16 = 7002;
+
+/// Connections the request-response server accepted (each upstream a proxy opens,
+/// used or not): against the client's connections, it shows second connects.
+pub(crate) static RR_ACCEPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// Echo with a 64-byte buffer: the idle connections (10,000 of them must stay cheap).
 pub(crate) const HOLD_PORT: u16 = 7003;
 
@@ -66,7 +70,10 @@ impl Servers {
                 let _ = ready_tx.send(Ok(()));
                 let mut tasks = tokio::task::JoinSet::new();
                 tasks.spawn(serve(echo, |s| echo_conn(s, 64 * 1024)));
-                tasks.spawn(serve(rr, rr_conn));
+                tasks.spawn(serve(rr, |s| {
+                    RR_ACCEPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    rr_conn(s)
+                }));
                 tasks.spawn(serve(hold, |s| echo_conn(s, 64)));
                 let _ = stop_rx.await;
                 tasks.abort_all();
