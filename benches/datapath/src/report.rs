@@ -619,7 +619,7 @@ impl Report {
             s,
             "Commit `{}`{}; kernel `{}` ({}); {} cores of {}; {:.0} GiB RAM; {}; {}. \
              Load average (1/5/15 min) {} at the start, {} at the end. {} rounds, paths interleaved \
-             ({}), {:.0} s in all.\n",
+             ({}; the paths after the reference reversed in odd rounds), {:.0} s in all.\n",
             m.commit,
             if m.dirty {
                 " + uncommitted changes"
