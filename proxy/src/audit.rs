@@ -626,6 +626,38 @@ mod tests {
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 
+    /// The audit log's `time`, `first_seen` and `last_seen`, byte for byte as the
+    /// hand-written formatter wrote them before jiff (pinned against it): milliseconds
+    /// always three digits and truncated (never rounded), `Z`, before 1970 the epoch.
+    #[test]
+    fn rfc3339_is_byte_for_byte_the_audit_format() {
+        let at = |secs: u64, nanos: u32| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        let cases = [
+            (at(0, 0), "1970-01-01T00:00:00.000Z"),
+            (at(0, 1), "1970-01-01T00:00:00.000Z"),
+            (at(0, 999_999), "1970-01-01T00:00:00.000Z"),
+            (at(0, 1_000_000), "1970-01-01T00:00:00.001Z"),
+            (at(946_684_799, 999_999_999), "1999-12-31T23:59:59.999Z"),
+            (at(946_684_800, 0), "2000-01-01T00:00:00.000Z"),
+            (at(951_825_600, 1_000_000), "2000-02-29T12:00:00.001Z"),
+            (at(1_709_251_199, 999_000_000), "2024-02-29T23:59:59.999Z"),
+            (at(1_709_251_200, 0), "2024-03-01T00:00:00.000Z"),
+            (at(1_795_428_723, 456_789_000), "2026-11-23T10:12:03.456Z"),
+            (at(1_798_761_599, 500_000_000), "2026-12-31T23:59:59.500Z"),
+            (at(1_798_761_600, 50_000_000), "2027-01-01T00:00:00.050Z"),
+            (at(2_147_483_648, 0), "2038-01-19T03:14:08.000Z"),
+            (at(4_107_542_399, 999_999_999), "2100-02-28T23:59:59.999Z"),
+            (at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z"),
+            (
+                SystemTime::UNIX_EPOCH - Duration::from_millis(1),
+                "1970-01-01T00:00:00.000Z",
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(rfc3339(t), want, "{t:?}");
+        }
+    }
+
     #[test]
     fn labels_digest_is_stable_and_order_free() {
         let a: netward_controller::model::Labels = [
