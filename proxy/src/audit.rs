@@ -125,26 +125,15 @@ pub struct Record {
     pub detail: Option<String>,
 }
 
-/// Formats a time as RFC 3339 UTC with milliseconds (no time-zone database needed).
+/// Formats a time as RFC 3339 UTC with milliseconds, always three digits and truncated
+/// (`2026-11-23T10:12:03.456Z`): the audit records' format. Before 1970: the epoch; past
+/// jiff's range (year 9999): its end.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
+    const MILLIS: jiff::fmt::temporal::DateTimePrinter =
+        jiff::fmt::temporal::DateTimePrinter::new().precision(Some(3));
+    let t =
+        jiff::Timestamp::try_from(t.max(SystemTime::UNIX_EPOCH)).unwrap_or(jiff::Timestamp::MAX);
+    MILLIS.timestamp_to_string(&t)
 }
 
 /// The FNV-1a 64 digest of a pod's labels, as 16 hex digits.

@@ -435,7 +435,8 @@ pub fn validate_trust_domain(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Parses a duration such as `24h`, `30m`, `90s` or `365d` (one number, one unit).
+/// Parses a duration such as `24h`, `30m`, `90s` or `365d`: one whole number, one unit
+/// (a day is 24 hours; jiff does the arithmetic).
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let invalid = |reason: &str| IdentityError::InvalidDuration {
         value: text.to_owned(),
@@ -446,23 +447,20 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| invalid("missing unit (s, m, h or d)"))?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| invalid("expected a number then a unit"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(invalid("unknown unit (s, m, h or d)")),
-    };
-    let secs = number
-        .checked_mul(unit_secs)
-        .ok_or_else(|| invalid("too large"))?;
-    if secs == 0 {
+    if number.is_empty() {
+        return Err(invalid("expected a number then a unit"));
+    }
+    if !matches!(unit, "s" | "m" | "h" | "d") {
+        return Err(invalid("unknown unit (s, m, h or d)"));
+    }
+    let duration = text
+        .parse::<jiff::Span>()
+        .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+        .map_err(|_| invalid("too large"))?;
+    if !duration.is_positive() {
         return Err(invalid("must be positive"));
     }
-    Ok(Duration::from_secs(secs))
+    Duration::try_from(duration).map_err(|_| invalid("too large"))
 }
 
 /// The files `init_ca` wrote.
@@ -892,10 +890,10 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// `t` as RFC 3339 text, for logs and messages.
+/// `t` as RFC 3339 text, for logs and messages (`2026-11-24T10:12:03Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
+    jiff::Timestamp::try_from(t)
+        .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{}s after the epoch", unix_secs(t)))
 }
 
@@ -1477,6 +1475,16 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_for_messages() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_515_123);
+        assert_eq!(rfc3339(t), "2026-11-24T10:12:03Z");
+        assert_eq!(
+            rfc3339(t + Duration::from_millis(120)),
+            "2026-11-24T10:12:03.12Z"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
@@ -1491,6 +1499,8 @@ mod tests {
             "-1h",
             "1.5h",
             "99999999999999999999d",
+            "1h30m",
+            "PT24H",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
