@@ -380,36 +380,10 @@ fn parse_node_uri(uri: &str, trust_domain: &str) -> Result<String> {
 
 /// Checks that `name` is a DNS-1123 subdomain, as Kubernetes node names are.
 pub fn validate_node_name(name: &str) -> Result<()> {
-    let invalid = |reason: &str| IdentityError::InvalidNodeName {
+    netward_controller::names::dns1123_subdomain(name).map_err(|e| IdentityError::InvalidNodeName {
         name: name.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if name.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if name.len() > 253 {
-        return Err(invalid("longer than 253 characters"));
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err(invalid("empty label"));
-        }
-        if label.len() > 63 {
-            return Err(invalid("a label is longer than 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(invalid(
-                "only lowercase letters, digits, '-' and '.' are allowed",
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(invalid("a label starts or ends with '-'"));
-        }
-    }
-    Ok(())
+        reason: e.to_string(),
+    })
 }
 
 /// Checks that `name` is a SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_`.
