@@ -12,6 +12,7 @@ pub mod engine;
 pub mod kube;
 pub mod load;
 pub mod model;
+pub mod names;
 pub mod render;
 pub mod snapshot;
 pub mod strict;

@@ -333,15 +333,7 @@ fn check_label_key(key: &str, field: &str, errs: &mut Errors) {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            })
-    });
+    let prefix_ok = prefix.is_none_or(|p| crate::names::dns1123_subdomain(p).is_ok());
     if !(name_ok && prefix_ok) {
         errs.push(field, format!("invalid label key {key:?}"));
     }

@@ -125,26 +125,15 @@ pub struct Record {
     pub detail: Option<String>,
 }
 
-/// Formats a time as RFC 3339 UTC with milliseconds (no time-zone database needed).
+/// Formats a time as RFC 3339 UTC with milliseconds, always three digits and truncated
+/// (`2026-11-23T10:12:03.456Z`): the audit records' format. Before 1970: the epoch; past
+/// jiff's range (year 9999): its end.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
+    const MILLIS: jiff::fmt::temporal::DateTimePrinter =
+        jiff::fmt::temporal::DateTimePrinter::new().precision(Some(3));
+    let t =
+        jiff::Timestamp::try_from(t.max(SystemTime::UNIX_EPOCH)).unwrap_or(jiff::Timestamp::MAX);
+    MILLIS.timestamp_to_string(&t)
 }
 
 /// The FNV-1a 64 digest of a pod's labels, as 16 hex digits.
@@ -669,6 +658,38 @@ mod tests {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    /// The audit log's `time`, `first_seen` and `last_seen`, byte for byte as the
+    /// hand-written formatter wrote them before jiff (pinned against it): milliseconds
+    /// always three digits and truncated (never rounded), `Z`, before 1970 the epoch.
+    #[test]
+    fn rfc3339_is_byte_for_byte_the_audit_format() {
+        let at = |secs: u64, nanos: u32| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        let cases = [
+            (at(0, 0), "1970-01-01T00:00:00.000Z"),
+            (at(0, 1), "1970-01-01T00:00:00.000Z"),
+            (at(0, 999_999), "1970-01-01T00:00:00.000Z"),
+            (at(0, 1_000_000), "1970-01-01T00:00:00.001Z"),
+            (at(946_684_799, 999_999_999), "1999-12-31T23:59:59.999Z"),
+            (at(946_684_800, 0), "2000-01-01T00:00:00.000Z"),
+            (at(951_825_600, 1_000_000), "2000-02-29T12:00:00.001Z"),
+            (at(1_709_251_199, 999_000_000), "2024-02-29T23:59:59.999Z"),
+            (at(1_709_251_200, 0), "2024-03-01T00:00:00.000Z"),
+            (at(1_795_428_723, 456_789_000), "2026-11-23T10:12:03.456Z"),
+            (at(1_798_761_599, 500_000_000), "2026-12-31T23:59:59.500Z"),
+            (at(1_798_761_600, 50_000_000), "2027-01-01T00:00:00.050Z"),
+            (at(2_147_483_648, 0), "2038-01-19T03:14:08.000Z"),
+            (at(4_107_542_399, 999_999_999), "2100-02-28T23:59:59.999Z"),
+            (at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z"),
+            (
+                SystemTime::UNIX_EPOCH - Duration::from_millis(1),
+                "1970-01-01T00:00:00.000Z",
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(rfc3339(t), want, "{t:?}");
+        }
     }
 
     #[test]

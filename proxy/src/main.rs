@@ -2,13 +2,28 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cmd;
 
-/// netward: NetworkPolicy enforcement on each node, and the tools to see what it decides.
+/// Enforces Kubernetes NetworkPolicy on each node (a transparent L4 proxy, one per node),
+/// and answers offline what the policies allow.
 #[derive(Parser)]
-#[command(name = "netward", version, about, propagate_version = true)]
+#[command(
+    name = "netward",
+    version,
+    propagate_version = true,
+    about = "Kubernetes NetworkPolicy enforcement on each node, and the tools to see what it decides",
+    long_about = None,
+    after_help = "\
+Examples:
+  netward explain -f manifests/ --from shop/client --to shop/web --port 80
+  netward matrix -f manifests/ -o wide
+  netward node --node-name node-a          (the DaemonSet's entry point)
+  netward run -f manifests/ --node node-a  (enforce manifest files, no API server)
+
+`netward <COMMAND> --help` shows each command's options, variables and exit codes."
+)]
 struct Cli {
     /// Log format for operational logs (level from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -63,7 +78,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cmd::config::parse_failed(e, &Cli::command()),
+    };
     init_logs(cli.log_format);
     match cli.command {
         Command::Matrix(args) => cmd::offline::matrix(&args),
@@ -76,5 +94,17 @@ fn main() -> ExitCode {
         Command::Lab(args) => cmd::lab::lab(&args),
         Command::LabServe(args) => cmd::lab::serve(&args),
         Command::Ca(args) => cmd::ca::ca(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of the whole command line: ids named by `requires_all`, flags
+    /// that two flattened groups both define, defaults their parser refuses.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

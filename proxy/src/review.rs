@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use netward_controller::Cluster;
 use netward_controller::model::{Labels, NAMESPACE_NAME_LABEL, Pod};
@@ -65,92 +64,60 @@ pub const MAX_LINE: usize = 1 << 20;
 // ---------------------------------------------------------------------------------------
 // Time
 
-/// Parses an RFC 3339 timestamp (`2026-11-23T16:00:00Z`, fractional seconds and offsets allowed).
+/// Parses an RFC 3339 timestamp (`2026-11-23T16:00:00Z`, fractional seconds and offsets
+/// allowed). Digits past the millisecond are dropped. jiff reads it; the forms jiff takes
+/// beyond RFC 3339 (`+0100`, `[UTC]`, `20261123T...`) are refused here.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    if !is_rfc3339(s) {
+        return None;
+    }
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+/// Whether `s` has RFC 3339's `date-time` syntax (the calendar is jiff's to check).
+fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(r)?;
-        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(part).ok()?.parse().ok()
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, min, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    if hour > 23 || min > 59 || sec > 60 {
-        return None;
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, set: &[u8]| b.get(i).is_some_and(|c| set.contains(c));
+    let shape = digits(0..4)
+        && at(4, b"-")
+        && digits(5..7)
+        && at(7, b"-")
+        && digits(8..10)
+        && at(10, b"Tt ")
+        && digits(11..13)
+        && at(13, b":")
+        && digits(14..16)
+        && at(16, b":")
+        && digits(17..19);
+    if !shape {
+        return false;
     }
     let mut i = 19;
-    let mut millis = 0;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
+    if at(i, b".") {
+        let fraction = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if fraction == 0 {
+            return false;
         }
-        if i == start {
-            return None;
-        }
-        // Milliseconds from the first three digits; finer digits are dropped.
-        let digits = &s[start..i.min(start + 3)];
-        millis = digits.parse::<i64>().ok()? * 10_i64.pow(3 - digits.len() as u32);
+        i += 1 + fraction;
     }
-    let offset_min = match b.get(i..)? {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            let m = oh * 60 + om;
-            if *sign == b'+' { m } else { -m }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_min * 60;
-    Some(secs * 1000 + millis)
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+    match &b[i..] {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', _, _, b':', _, _] => digits(i + 1..i + 3) && digits(i + 4..i + 6),
+        _ => false,
     }
-}
-
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The current time.
 pub fn now() -> Millis {
-    let d = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    jiff::Timestamp::now().as_millisecond()
 }
 
-/// Parses a `--since`/`--until` value: RFC 3339, or a duration before `now`
-/// (`30s`, `15m`, `1h`, `2d`).
+/// Parses a `--since`/`--until` value: RFC 3339, or a duration before `now`: a whole
+/// number and a unit, `s`, `m`, `h` or `d` (`30s`, `15m`, `1h`, `2d`; a day is 24 hours).
 pub fn parse_when(value: &str, now: Millis) -> Result<Millis> {
     let bad = |reason: &str| Error::Time {
         value: value.to_owned(),
@@ -168,17 +135,18 @@ pub fn parse_when(value: &str, now: Millis) -> Result<Millis> {
     if n.is_empty() {
         return Err(bad("not a time or a duration"));
     }
-    let unit_ms: i64 = match unit {
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+    match unit {
+        "s" | "m" | "h" | "d" => {}
         "" => return Err(bad("a duration needs a unit: s, m, h or d")),
         _ => return Err(bad("unknown unit (use s, m, h or d)")),
-    };
-    let n: i64 = n.parse().map_err(|_| bad("number too large"))?;
-    n.checked_mul(unit_ms)
-        .map(|d| now - d)
+    }
+    let ago = v
+        .parse::<jiff::Span>()
+        .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+        .map_err(|_| bad("number too large"))?;
+    i64::try_from(ago.as_millis())
+        .ok()
+        .and_then(|ms| now.checked_sub(ms))
         .ok_or_else(|| bad("duration too large"))
 }
 
@@ -1129,7 +1097,7 @@ mod tests {
         assert_eq!(t, 1_795_428_723_456);
         assert_eq!(
             crate::audit::rfc3339(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(t as u64)
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(t as u64)
             ),
             "2026-11-23T10:12:03.456Z"
         );
@@ -1147,6 +1115,10 @@ mod tests {
         );
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(
+            parse_rfc3339("2026-11-23 10:12:03-01:30"),
+            Some(1_795_434_123_000)
+        );
         for bad in [
             "",
             "2026-11-23",
@@ -1183,6 +1155,8 @@ mod tests {
             "-1h",
             "2026-11-23",
             "99999999999999999999d",
+            "1h30m",
+            "2026-11-23T10:12:03Z[UTC]",
         ] {
             let e = parse_when(bad, now).unwrap_err().to_string();
             assert!(

@@ -1115,3 +1115,287 @@ fn usage_errors_exit_2_in_every_offline_tool() {
         assert!(stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The daemons' configuration: `run`, `node` and `signer`.
+
+/// `netward ARGS` with exactly the variables `env` (nothing inherited: a variable of the
+/// test's own environment must not decide its outcome).
+fn netward_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_netward"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+/// Every variable the manifests in `deploy/` give a container, with its value and the
+/// subcommand that reads it (`node` for the DaemonSet and its ConfigMap, `signer` for the
+/// signer's Deployment). A `valueFrom` variable gets a placeholder a cluster would give.
+fn deploy_env() -> Vec<(&'static str, String, String)> {
+    let read = |file: &str| -> Vec<serde_yaml::Value> {
+        let text = std::fs::read_to_string(root().join("deploy").join(file)).unwrap();
+        text.split("\n---")
+            .map(|d| serde_yaml::from_str::<serde_yaml::Value>(d).unwrap())
+            .collect()
+    };
+    let from_api = |name: &str| match name {
+        "NODE_NAME" => "node-a".to_owned(),
+        "NODE_IP" => "127.0.0.1".to_owned(),
+        "POD_NAMESPACE" => "netward-system".to_owned(),
+        "POD_NAME" => "netward-signer-0".to_owned(),
+        other => panic!("{other}: a valueFrom variable this test does not know"),
+    };
+    let mut out = Vec::new();
+    for (file, sub) in [("daemonset.yaml", "node"), ("signer.yaml", "signer")] {
+        for doc in read(file) {
+            let containers = &doc["spec"]["template"]["spec"]["containers"];
+            for c in containers.as_sequence().into_iter().flatten() {
+                for e in c["env"].as_sequence().into_iter().flatten() {
+                    let name = e["name"].as_str().unwrap().to_owned();
+                    let value = match e["value"].as_str() {
+                        Some(v) => v.to_owned(),
+                        None => from_api(&name),
+                    };
+                    out.push((sub, name, value));
+                }
+            }
+        }
+    }
+    for doc in read("configmap.yaml") {
+        for (k, v) in doc["data"].as_mapping().into_iter().flatten() {
+            out.push((
+                "node",
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    // `RUST_LOG` is tracing's filter, not a flag.
+    out.retain(|(_, name, _)| name != "RUST_LOG");
+    assert!(out.len() > 20, "{out:?}");
+    out
+}
+
+/// A value each variable of `deploy/` refuses, or `None` when it takes any text (the
+/// signer's Lease holder name).
+fn bad_value(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "NODE_NAME" => "Node_A",
+        "NODE_IP" => "node-a",
+        "POD_NAMESPACE" => "Not_A_Namespace",
+        "POD_NAME" => return None,
+        "NETWARD_IDENTITY_DIR" => "relative/dir",
+        "NETWARD_REJECT"
+        | "NETWARD_SPLICE"
+        | "NETWARD_IPV6"
+        | "NETWARD_CLEANUP_ON_EXIT"
+        | "NETWARD_MTLS" => "maybe",
+        "NETWARD_TPROXY_PORT" => "x",
+        "NETWARD_IDLE_TIMEOUT_SECS" => "0",
+        "NETWARD_DRAIN_GRACE_SECS" => "-1",
+        "NETWARD_DEBOUNCE_MS" => "10s",
+        "NETWARD_TRUST_DOMAIN" => "Bad Domain",
+        "NETWARD_TUNNEL_PORT" => "70000",
+        "NETWARD_CERT_VALIDITY" => "soon",
+        "NETWARD_CERT_WAIT_SECS" => "0",
+        "NETWARD_AUDIT_LOG" => "",
+        "NETWARD_TUNNEL_MAX_HANDSHAKES" | "NETWARD_TUNNEL_MAX_CONNS_PER_NODE" => "0",
+        "NETWARD_SERVICE_ACCOUNT" => "Bad_Account",
+        "NETWARD_MAX_VALIDITY_SECS" => "10",
+        other => panic!("{other} is set in deploy/: give it a bad value here"),
+    })
+}
+
+#[test]
+fn every_variable_in_deploy_is_a_flag_that_reports_a_bad_value() {
+    for (sub, name, _) in deploy_env() {
+        let help = stdout(&netward_env(&[sub, "--help"], &[]));
+        assert!(
+            help.contains(&format!("[env: {name}=")),
+            "netward {sub} has no flag reading {name}:\n{help}"
+        );
+        let Some(bad) = bad_value(&name) else {
+            continue;
+        };
+        // `node` needs a node name; the variable under test wins when it is NODE_NAME.
+        let mut env = vec![(name.as_str(), bad)];
+        if sub == "node" && name != "NODE_NAME" {
+            env.push(("NODE_NAME", "node-a"));
+        }
+        if name.starts_with("NETWARD_CERT") || name == "NETWARD_TUNNEL_PORT" {
+            env.push(("NETWARD_MTLS", "true"));
+        }
+        let o = netward_env(&[sub], &env);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{sub} {name}={bad:?}: {err}");
+        assert!(
+            err.contains(&format!("/{name}={bad:?}: ")),
+            "{sub} {name}={bad:?}: the message names neither the variable nor the value: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_values_in_deploy_are_accepted_and_set_their_flags() {
+    // With every value of deploy/ but the transparent port on the admin server's, the
+    // one error left is that clash: every other value parsed, and the variable set
+    // --tproxy-port.
+    for (sub, trigger, want) in [
+        (
+            "node",
+            ("NETWARD_TPROXY_PORT", "15021"),
+            "--admin-addr/NETWARD_ADMIN_ADDR=\"127.0.0.1:15021\": port 15021 is the transparent listener's (--tproxy-port)",
+        ),
+        (
+            "signer",
+            ("NETWARD_LEASE_RENEW_SECS", "15"),
+            "--renew-secs/NETWARD_LEASE_RENEW_SECS=\"15\": must be at most 2/3 of the lease duration (15 s)",
+        ),
+    ] {
+        let all = deploy_env();
+        let mut env: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|(s, _, _)| *s == sub)
+            .map(|(_, n, v)| (n.as_str(), v.as_str()))
+            .filter(|(n, _)| *n != trigger.0)
+            .collect();
+        env.push(trigger);
+        let o = netward_env(&[sub], &env);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{sub}: {err}");
+        assert_eq!(err.trim_end(), format!("netward: error: {want}"), "{sub}");
+    }
+    // A flag wins over its variable.
+    let o = netward_env(
+        &["node", "--node-name", "node-a", "--tproxy-port", "15001"],
+        &[
+            ("NETWARD_TPROXY_PORT", "x"),
+            ("NETWARD_DEBUG_ADDR", "0.0.0.0:1"),
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("--debug-addr/NETWARD_DEBUG_ADDR=\"0.0.0.0:1\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_values_and_usage_errors_of_the_daemons_exit_64() {
+    let ex = "examples/rogue-pod";
+    for (args, env, want) in [
+        (
+            vec!["run", "-f", ex, "--tproxy-port", "0"],
+            vec![],
+            "--tproxy-port/NETWARD_TPROXY_PORT=\"0\": must be between 1 and 65535",
+        ),
+        (
+            vec!["run", "-f", ex, "--node", "Node_A"],
+            vec![],
+            "--node-name/NODE_NAME=\"Node_A\": not a node name",
+        ),
+        (
+            vec!["run", "-f", ex],
+            vec![("NETWARD_IDLE_TIMEOUT_SECS", "forever")],
+            "--idle-timeout-secs/NETWARD_IDLE_TIMEOUT_SECS=\"forever\": not a whole number",
+        ),
+        (
+            vec!["run", "-f", ex, "--admin-addr", "localhost:15021"],
+            vec![],
+            "--admin-addr/NETWARD_ADMIN_ADDR=\"localhost:15021\": expected IP:PORT",
+        ),
+        (
+            vec!["node", "--reject=perhaps"],
+            vec![("NODE_NAME", "node-a")],
+            "--reject/NETWARD_REJECT=\"perhaps\": expected true or false",
+        ),
+        (
+            vec!["node", "--node-name", "node-a"],
+            vec![("NETWARD_KUBECONFIG", "/nonexistent/kubeconfig")],
+            "--kubeconfig/NETWARD_KUBECONFIG=\"/nonexistent/kubeconfig\": no such file",
+        ),
+        (
+            vec!["signer", "--namespace", "Kube_System"],
+            vec![],
+            "--namespace/POD_NAMESPACE=\"Kube_System\": not a DNS label",
+        ),
+        (
+            vec!["signer"],
+            vec![("NETWARD_CA_VALIDITY_DAYS", "0")],
+            "--ca-validity-days/NETWARD_CA_VALIDITY_DAYS=\"0\": must be between 1 and 7300",
+        ),
+    ] {
+        let o = netward_env(&args, &env);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{args:?} {env:?}: {err}");
+        assert!(
+            err.starts_with(&format!("netward: error: {want}")),
+            "{args:?} {env:?}: {err}"
+        );
+    }
+    // clap's own errors (an unknown or missing flag, a missing value) are usage errors
+    // of the configuration too.
+    for args in [
+        vec!["run", "-f", ex, "--no-such-flag"],
+        vec!["run"],
+        vec!["node", "--tproxy-port"],
+        vec!["signer", "--no-such-flag"],
+    ] {
+        let o = netward_env(&args, &[]);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("error"), "{args:?}: {}", stderr(&o));
+    }
+    // Help and version are not errors.
+    for args in [
+        vec!["node", "--help"],
+        vec!["--version"],
+        vec!["signer", "-h"],
+    ] {
+        assert_eq!(netward_env(&args, &[]).status.code(), Some(0), "{args:?}");
+    }
+}
+
+#[test]
+fn help_describes_netward_and_each_command_shows_examples() {
+    let top = stdout(&netward(&["--help"]));
+    assert!(
+        top.starts_with("Kubernetes NetworkPolicy enforcement on each node"),
+        "{top}"
+    );
+    assert!(!top.contains("The netward data plane and"), "{top}");
+    for cmd in [
+        &["matrix"][..],
+        &["explain"],
+        &["audit"],
+        &["run"],
+        &["cleanup"],
+        &["node"],
+        &["signer"],
+        &["lab"],
+        &["ca"],
+        &["ca", "init"],
+        &["ca", "issue"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = netward(&args);
+        let out = stdout(&o);
+        assert!(o.status.success(), "{cmd:?}: {}", stderr(&o));
+        let examples = out
+            .split_once("\nExamples:\n")
+            .map(|(_, e)| e)
+            .unwrap_or_else(|| panic!("{cmd:?} --help has no examples:\n{out}"));
+        let prefix = format!("netward {}", cmd.join(" "));
+        assert!(
+            examples.lines().any(|l| l
+                .trim_start()
+                .trim_start_matches("sudo ")
+                .starts_with(&prefix)),
+            "{cmd:?}: no example starts with {prefix:?}:\n{examples}"
+        );
+    }
+}

@@ -34,6 +34,10 @@ enum CaCommand {
 }
 
 #[derive(Args)]
+#[command(after_help = "\
+Examples:
+  netward ca init --dir /etc/netward/ca
+  netward ca init --dir ./ca --trust-domain lab.example --validity 30d")]
 struct InitArgs {
     /// The directory to create the CA in (must not hold one already).
     #[arg(long)]
@@ -47,6 +51,10 @@ struct InitArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = "\
+Examples:
+  netward ca issue --ca-dir /etc/netward/ca --node worker-1 --out /etc/netward/tls
+  netward ca issue --ca-dir ./ca --node node-a --out ./node-a --validity 12h")]
 struct IssueArgs {
     /// The CA directory (ca.pem, ca-key.pem, optional trust-bundle-extra.pem).
     #[arg(long)]

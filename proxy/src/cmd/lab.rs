@@ -20,6 +20,12 @@ const EXIT_NOPERM: u8 = 77;
 
 #[derive(Args)]
 #[command(after_help = "\
+Examples:
+  sudo netward lab
+  sudo netward lab rogue-pod --reject
+  sudo netward lab examples/three-tier --step --report lab.json
+  sudo netward lab three-tier --keep
+
 Exit codes: 0 every probe saw what the engine expects; 1 some did not (the cells are \
 named); 2 bad input or usage (an unknown scenario, invalid manifests, a bad flag); 71 \
 the lab could not be built or run; 77 not root.")]

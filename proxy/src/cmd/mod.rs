@@ -2,6 +2,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod ca;
+pub(crate) mod config;
 pub(crate) mod lab;
 pub(crate) mod node;
 pub(crate) mod offline;

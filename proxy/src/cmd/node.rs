@@ -9,7 +9,7 @@
 //! sync to the end of the drain; `netward-debug` serves `/debug/snapshot` on loopback,
 //! only with `--debug-addr`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,103 +27,65 @@ use netward_proxy::relay::RelayOptions;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-/// EX_USAGE: a bad flag, environment variable or API configuration.
-const EXIT_USAGE: u8 = 64;
+use super::config::{self, AuditLog, Blank, ConfigError, DatapathArgs};
+
 /// How often the drain checks the live connections.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
-/// The admin server's port when `--admin-addr` is not given.
-const ADMIN_PORT: u16 = 15021;
 /// How often each loop reports to `/healthz` (see [`admin::STALL_LIMIT`]).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Every option is a flag and an environment variable (the DaemonSet's ConfigMap sets
-/// the variables). Values are read as text and validated once, so that a bad one exits
-/// 64 with its name, its value and the reason.
+/// the variables), parsed by typed value parsers: a bad one exits 64 with its name, its
+/// value and the reason.
 #[derive(Args, Clone, Debug)]
+#[command(after_help = "\
+Examples:
+  netward node --node-name node-a --kubeconfig ~/.kube/config
+  NODE_NAME=node-a NODE_IP=10.0.0.7 NETWARD_MTLS=true netward node --log-format json
+  netward node --node-name node-a --reject --cleanup-on-exit=false --debug-addr 127.0.0.1:15022
+
+The DaemonSet (deploy/daemonset.yaml) sets NODE_NAME, NODE_IP and POD_NAMESPACE from the \
+downward API and the rest from the ConfigMap netward-config (deploy/configmap.yaml); a flag \
+wins over its variable. Exit codes: 0 stopped; 1 runtime failure (the API, the runtime); \
+64 a bad flag or variable (named, with its value), or an unusable kubeconfig.")]
 pub(crate) struct NodeArgs {
-    /// This node's name: its pods are those with this spec.nodeName (the DaemonSet
-    /// sets it from the downward API).
-    #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
     /// A kubeconfig file. Without it: $KUBECONFIG, ~/.kube/config, or the pod's
     /// ServiceAccount (in cluster).
-    #[arg(long, env = "NETWARD_KUBECONFIG")]
+    #[arg(long, env = "NETWARD_KUBECONFIG", value_name = "FILE", value_parser = config::existing_file)]
     kubeconfig: Option<PathBuf>,
-    /// Refuse denied TCP connections with a reset instead of dropping their SYN.
-    #[arg(long, env = "NETWARD_REJECT", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
-    reject: String,
-    /// Port of the transparent TCP listener.
-    #[arg(long, env = "NETWARD_TPROXY_PORT", default_value_t = netward_iptables::config::TPROXY_PORT.to_string())]
-    tproxy_port: String,
-    /// Relay with splice(2) (false: a copy loop).
-    #[arg(long, env = "NETWARD_SPLICE", default_value = "true", num_args = 0..=1, default_missing_value = "true")]
-    splice: String,
-    /// Intercept IPv6 too.
-    #[arg(long, env = "NETWARD_IPV6", default_value = "true", num_args = 0..=1, default_missing_value = "true")]
-    ipv6: String,
-    /// Close connections idle for this many seconds.
-    #[arg(long, env = "NETWARD_IDLE_TIMEOUT_SECS", default_value = "3600")]
-    idle_timeout_secs: String,
-    /// Remove the interception rules on exit. Off by default: during an upgrade the
-    /// node stays fail closed (the kernel drops new diverted flows) until the next start.
-    #[arg(long, env = "NETWARD_CLEANUP_ON_EXIT", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
-    cleanup_on_exit: String,
     /// On SIGTERM, how long live connections may finish before exiting.
-    #[arg(long, env = "NETWARD_DRAIN_GRACE_SECS", default_value = "20")]
-    drain_grace_secs: String,
+    #[arg(long, env = "NETWARD_DRAIN_GRACE_SECS", value_name = "SECS", default_value_t = 20, value_parser = config::number(0u64, 3600))]
+    drain_grace_secs: u64,
     /// How long after the first change of a batch the policy is recompiled.
-    #[arg(long, env = "NETWARD_DEBOUNCE_MS", default_value = "100")]
-    debounce_ms: String,
-    /// Address of the admin server (/healthz, /readyz, /metrics): the DaemonSet's
-    /// probes and Prometheus use it (hostNetwork: the node's port). Default: NODE_IP
-    /// port 15021, or 127.0.0.1:15021 without NODE_IP.
-    #[arg(long, env = "NETWARD_ADMIN_ADDR")]
-    admin_addr: Option<String>,
-    /// Serve /debug/snapshot (every pod's IPs and labels, every policy) on this
-    /// loopback address, e.g. 127.0.0.1:15022. Off by default; not loopback: exit 64.
-    #[arg(long, env = "NETWARD_DEBUG_ADDR")]
-    debug_addr: Option<String>,
+    #[arg(long, env = "NETWARD_DEBOUNCE_MS", value_name = "MS", default_value_t = 100, value_parser = config::number(0u64, 10_000))]
+    debounce_ms: u64,
     /// Carry cross-node connections in the mTLS tunnel: request a node certificate
     /// from `netward signer` (CSR API) and advertise the tunnel with a Lease.
-    #[arg(long, env = "NETWARD_MTLS", default_value = "false", num_args = 0..=1, default_missing_value = "true")]
-    mtls: String,
-    /// The SPIFFE trust domain of the node identities.
-    #[arg(long, env = "NETWARD_TRUST_DOMAIN", default_value = netward_proxy::mtls::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
+    #[arg(long, env = "NETWARD_MTLS", value_name = "BOOL", num_args = 0..=1, default_value = "false", default_missing_value = "true", value_parser = config::boolean)]
+    mtls: bool,
     /// Port of the tunnel listener, on the node IP.
-    #[arg(long, env = "NETWARD_TUNNEL_PORT", default_value = "15008")]
-    tunnel_port: String,
-    /// The node IP the tunnel listens on (the DaemonSet sets it from status.hostIP).
-    /// Without it: the Node object's InternalIP.
-    #[arg(long, env = "NODE_IP")]
-    node_ip: Option<String>,
+    #[arg(long, env = "NETWARD_TUNNEL_PORT", value_name = "PORT", default_value_t = 15008, value_parser = config::number(1u16, u16::MAX))]
+    tunnel_port: u16,
+    /// The node IP: the admin server's default address and the tunnel's (the DaemonSet
+    /// sets it from status.hostIP). Without it the tunnel uses the Node object's
+    /// InternalIP and the admin server 127.0.0.1.
+    #[arg(long, env = "NODE_IP", value_name = "IP", value_parser = config::ip_or_empty)]
+    node_ip: Option<Blank<IpAddr>>,
     /// Where the node certificate, its key and the trust bundle are written.
-    #[arg(
-        long,
-        env = "NETWARD_IDENTITY_DIR",
-        default_value = "/var/run/netward/identity"
-    )]
+    #[arg(long, env = "NETWARD_IDENTITY_DIR", value_name = "DIR", default_value = "/var/run/netward/identity", value_parser = config::absolute_path)]
     identity_dir: PathBuf,
     /// The validity the node certificate is requested with (renewed at half of it).
-    #[arg(long, env = "NETWARD_CERT_VALIDITY", default_value = "24h")]
-    cert_validity: String,
+    #[arg(long, env = "NETWARD_CERT_VALIDITY", value_name = "DURATION", default_value = "24h", value_parser = config::cert_validity)]
+    cert_validity: Duration,
     /// How long the start waits for the first certificate; past it netward enforces
     /// without the tunnel.
-    #[arg(long, env = "NETWARD_CERT_WAIT_SECS", default_value = "30")]
-    cert_wait_secs: String,
+    #[arg(long, env = "NETWARD_CERT_WAIT_SECS", value_name = "SECS", default_value_t = 30, value_parser = config::number(1u64, 3600))]
+    cert_wait_secs: u64,
     /// netward's namespace: the trust bundle ConfigMap and the tunnel Leases.
-    #[arg(long, env = "POD_NAMESPACE", default_value = "netward-system")]
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NS", default_value = "netward-system", value_parser = config::dns_label)]
     namespace: String,
-    /// Audit log: `none`, `-` for stdout, or a file (rotated at 100 MiB, 5 kept).
-    #[arg(long, env = "NETWARD_AUDIT_LOG", default_value = "none")]
-    audit_log: String,
-    /// Tunnel server: TLS handshakes in flight at once (unauthenticated work); more
-    /// connections are closed at once, counted and audited.
-    #[arg(long, env = "NETWARD_TUNNEL_MAX_HANDSHAKES", default_value = "128")]
-    tunnel_max_handshakes: String,
-    /// Tunnel server: live connections from one peer node; more are refused.
-    #[arg(long, env = "NETWARD_TUNNEL_MAX_CONNS_PER_NODE", default_value = "16")]
-    tunnel_max_conns_per_node: String,
+    #[command(flatten)]
+    datapath: DatapathArgs,
 }
 
 /// The validated tunnel settings (`--mtls`).
@@ -131,27 +93,12 @@ pub(crate) struct NodeArgs {
 pub(crate) struct MtlsConfig {
     trust_domain: String,
     tunnel_port: u16,
-    node_ip: Option<std::net::IpAddr>,
+    node_ip: Option<IpAddr>,
     identity_dir: PathBuf,
     validity: Duration,
     cert_wait: Duration,
-    max_handshakes: usize,
-    max_conns_per_node: usize,
     namespace: String,
-}
-
-/// A configuration value that cannot be used.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct ConfigError {
-    name: &'static str,
-    value: String,
-    reason: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}={:?}: {}", self.name, self.value, self.reason)
-    }
+    datapath: DatapathArgs,
 }
 
 /// The validated configuration.
@@ -161,284 +108,79 @@ pub(crate) struct NodeConfig {
     kubeconfig: Option<PathBuf>,
     rules: RulesConfig,
     reject: bool,
-    splice: bool,
-    idle_timeout: Duration,
+    relay: RelayOptions,
     cleanup_on_exit: bool,
     drain_grace: Duration,
     debounce: Duration,
     admin_addr: SocketAddr,
     debug_addr: Option<SocketAddr>,
     mtls: Option<MtlsConfig>,
-    audit: Option<netward_proxy::audit::Output>,
-}
-
-fn bad(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name,
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(bad(name, v, "expected true or false")),
-    }
-}
-
-fn parse_num(name: &'static str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let n: u64 = v
-        .trim()
-        .parse()
-        .map_err(|e| bad(name, v, format!("not a whole number ({e})")))?;
-    if n < min || n > max {
-        return Err(bad(name, v, format!("must be between {min} and {max}")));
-    }
-    Ok(n)
-}
-
-/// A DNS-1123 subdomain, as Kubernetes node names are.
-fn check_node_name(v: &str) -> Result<(), ConfigError> {
-    const NAME: &str = "--node-name/NODE_NAME";
-    if v.is_empty() {
-        return Err(bad(
-            NAME,
-            v,
-            "required: the DaemonSet sets it from spec.nodeName (fieldRef)",
-        ));
-    }
-    let ok_chars = v
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let ok_ends = v.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && v.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if v.len() > 253 || !ok_chars || !ok_ends {
-        return Err(bad(
-            NAME,
-            v,
-            "not a node name (lowercase letters, digits, '-' and '.', at most 253 characters)",
-        ));
-    }
-    Ok(())
-}
-
-/// `IP:PORT`, not port 0 (the probes need a known port) and not the transparent
-/// listener's port.
-fn parse_admin_addr(v: &str, tproxy_port: u16) -> Result<SocketAddr, ConfigError> {
-    const NAME: &str = "--admin-addr/NETWARD_ADMIN_ADDR";
-    let addr: SocketAddr = v.trim().parse().map_err(|e| {
-        bad(
-            NAME,
-            v,
-            format!("expected IP:PORT, like 0.0.0.0:15021 ({e})"),
-        )
-    })?;
-    if addr.port() == 0 {
-        return Err(bad(
-            NAME,
-            v,
-            "the port must not be 0: the probes need a known port",
-        ));
-    }
-    if addr.port() == tproxy_port {
-        return Err(bad(
-            NAME,
-            v,
-            format!("port {tproxy_port} is the transparent listener's (--tproxy-port)"),
-        ));
-    }
-    Ok(addr)
+    audit_open: bool,
 }
 
 impl NodeArgs {
-    /// Validates every value once.
+    /// Checks what the value parsers cannot see alone: a required node name, and the
+    /// ports and addresses against each other.
     pub(crate) fn validate(&self) -> Result<NodeConfig, ConfigError> {
-        let node = self.node_name.clone().unwrap_or_default();
-        check_node_name(&node)?;
-        if let Some(path) = &self.kubeconfig
-            && !path.is_file()
-        {
-            return Err(bad(
-                "--kubeconfig/NETWARD_KUBECONFIG",
-                &path.display().to_string(),
-                "no such file",
-            ));
-        }
-        let port = parse_num(
-            "--tproxy-port/NETWARD_TPROXY_PORT",
-            &self.tproxy_port,
-            1,
-            65535,
-        )?;
-        let rules = RulesConfig {
-            tcp_port: u16::try_from(port).unwrap_or(netward_iptables::config::TPROXY_PORT),
-            ipv6: parse_bool("--ipv6/NETWARD_IPV6", &self.ipv6)?,
-            ..RulesConfig::default()
-        };
-        rules.validate().map_err(|e| {
-            bad(
-                "--tproxy-port/NETWARD_TPROXY_PORT",
-                &self.tproxy_port,
-                e.to_string(),
+        let dp = &self.datapath;
+        let node = dp.node_name.clone().ok_or_else(|| {
+            ConfigError::new(
+                "--node-name/NODE_NAME",
+                "",
+                "required: the DaemonSet sets it from spec.nodeName (fieldRef)",
             )
         })?;
-        let admin_addr = match &self.admin_addr {
-            Some(v) => parse_admin_addr(v, rules.tcp_port)?,
-            None => parse_admin_addr(
-                &SocketAddr::new(self.node_ip_or_loopback()?, ADMIN_PORT).to_string(),
-                rules.tcp_port,
-            )?,
-        };
-        let debug_addr = match self.debug_addr.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(v) => Some(
-                admin::parse_debug_addr(v)
-                    .map_err(|r| bad("--debug-addr/NETWARD_DEBUG_ADDR", v, r))?,
-            ),
-        };
-        let mtls = self.mtls_config(rules.tcp_port, admin_addr.port())?;
+        let rules = dp.rules()?;
+        let node_ip = self.node_ip.and_then(|b| b.0);
+        let default_admin = SocketAddr::new(
+            node_ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            config::ADMIN_PORT,
+        );
+        let admin_addr = dp.admin_addr(default_admin, false)?.ok_or_else(|| {
+            ConfigError::new("--admin-addr/NETWARD_ADMIN_ADDR", "none", "required")
+        })?;
+        let mtls = self.mtls_config(rules.tcp_port, admin_addr.port(), node_ip)?;
         Ok(NodeConfig {
             node,
             kubeconfig: self.kubeconfig.clone(),
             rules,
-            reject: parse_bool("--reject/NETWARD_REJECT", &self.reject)?,
-            splice: parse_bool("--splice/NETWARD_SPLICE", &self.splice)?,
-            idle_timeout: Duration::from_secs(parse_num(
-                "--idle-timeout-secs/NETWARD_IDLE_TIMEOUT_SECS",
-                &self.idle_timeout_secs,
-                1,
-                7 * 24 * 3600,
-            )?),
-            cleanup_on_exit: parse_bool(
-                "--cleanup-on-exit/NETWARD_CLEANUP_ON_EXIT",
-                &self.cleanup_on_exit,
-            )?,
-            drain_grace: Duration::from_secs(parse_num(
-                "--drain-grace-secs/NETWARD_DRAIN_GRACE_SECS",
-                &self.drain_grace_secs,
-                0,
-                3600,
-            )?),
-            debounce: Duration::from_millis(parse_num(
-                "--debounce-ms/NETWARD_DEBOUNCE_MS",
-                &self.debounce_ms,
-                0,
-                10_000,
-            )?),
+            reject: dp.reject,
+            relay: dp.relay(),
+            cleanup_on_exit: dp.cleanup_on_exit(false),
+            drain_grace: Duration::from_secs(self.drain_grace_secs),
+            debounce: Duration::from_millis(self.debounce_ms),
             admin_addr,
-            debug_addr,
+            debug_addr: dp.debug_addr(),
             mtls,
-            audit: match self.audit_log.trim() {
-                "none" => None,
-                "-" => Some(netward_proxy::audit::Output::Stdout),
-                "" => {
-                    return Err(bad(
-                        "--audit-log/NETWARD_AUDIT_LOG",
-                        "",
-                        "expected none, - or a file",
-                    ));
-                }
-                path => Some(netward_proxy::audit::Output::File {
-                    path: PathBuf::from(path),
-                    max_bytes: 100 * 1024 * 1024,
-                    keep: 5,
-                }),
-            },
+            audit_open: dp.audit_open,
         })
     }
 
-    /// The admin server's default IP: NODE_IP (the DaemonSet's `status.hostIP`), so that
-    /// it is not on every interface of the node; without it, loopback.
-    fn node_ip_or_loopback(&self) -> Result<std::net::IpAddr, ConfigError> {
-        match self.node_ip.as_deref().map(str::trim) {
-            None | Some("") => Ok(std::net::IpAddr::from([127, 0, 0, 1])),
-            Some(v) => v
-                .parse()
-                .map_err(|e| bad("--node-ip/NODE_IP", v, format!("not an IP address ({e})"))),
-        }
-    }
-
-    fn mtls_config(&self, tproxy: u16, admin: u16) -> Result<Option<MtlsConfig>, ConfigError> {
-        use netward_proxy::mtls::identity;
-        if !parse_bool("--mtls/NETWARD_MTLS", &self.mtls)? {
+    fn mtls_config(
+        &self,
+        tproxy: u16,
+        admin: u16,
+        node_ip: Option<IpAddr>,
+    ) -> Result<Option<MtlsConfig>, ConfigError> {
+        if !self.mtls {
             return Ok(None);
         }
-        identity::validate_trust_domain(&self.trust_domain).map_err(|e| {
-            bad(
-                "--trust-domain/NETWARD_TRUST_DOMAIN",
-                &self.trust_domain,
-                e.to_string(),
-            )
-        })?;
-        const PORT: &str = "--tunnel-port/NETWARD_TUNNEL_PORT";
-        let port = parse_num(PORT, &self.tunnel_port, 1, 65535)?;
-        let tunnel_port = u16::try_from(port).unwrap_or(15008);
-        if tunnel_port == tproxy || tunnel_port == admin {
-            return Err(bad(
-                PORT,
-                &self.tunnel_port,
+        if self.tunnel_port == tproxy || self.tunnel_port == admin {
+            return Err(ConfigError::new(
+                "--tunnel-port/NETWARD_TUNNEL_PORT",
+                self.tunnel_port.to_string(),
                 "the transparent listener or the admin server uses it",
             ));
         }
-        let node_ip = match self.node_ip.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(v) => Some(
-                v.parse()
-                    .map_err(|e| bad("--node-ip/NODE_IP", v, format!("not an IP address ({e})")))?,
-            ),
-        };
-        const VALIDITY: &str = "--cert-validity/NETWARD_CERT_VALIDITY";
-        let validity = identity::parse_duration(&self.cert_validity)
-            .map_err(|e| bad(VALIDITY, &self.cert_validity, e.to_string()))?;
-        if validity < netward_proxy::mtls::signer::MIN_VALIDITY {
-            return Err(bad(
-                VALIDITY,
-                &self.cert_validity,
-                "at least 10m (the shortest certificate the CSR API issues)",
-            ));
-        }
-        if !self.identity_dir.is_absolute() {
-            return Err(bad(
-                "--identity-dir/NETWARD_IDENTITY_DIR",
-                &self.identity_dir.display().to_string(),
-                "must be an absolute path",
-            ));
-        }
-        if self.namespace.is_empty() || self.namespace.len() > 63 {
-            return Err(bad(
-                "--namespace/POD_NAMESPACE",
-                &self.namespace,
-                "not a namespace name",
-            ));
-        }
-        let limit = |name, v: &str| {
-            parse_num(name, v, 1, 1 << 20).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-        };
-        let max_handshakes = limit(
-            "--tunnel-max-handshakes/NETWARD_TUNNEL_MAX_HANDSHAKES",
-            &self.tunnel_max_handshakes,
-        )?;
-        let max_conns_per_node = limit(
-            "--tunnel-max-conns-per-node/NETWARD_TUNNEL_MAX_CONNS_PER_NODE",
-            &self.tunnel_max_conns_per_node,
-        )?;
         Ok(Some(MtlsConfig {
-            max_handshakes,
-            max_conns_per_node,
-            trust_domain: self.trust_domain.clone(),
-            tunnel_port,
+            trust_domain: self.datapath.trust_domain.clone(),
+            tunnel_port: self.tunnel_port,
             node_ip,
             identity_dir: self.identity_dir.clone(),
-            validity,
-            cert_wait: Duration::from_secs(parse_num(
-                "--cert-wait-secs/NETWARD_CERT_WAIT_SECS",
-                &self.cert_wait_secs,
-                1,
-                3600,
-            )?),
+            validity: self.cert_validity,
+            cert_wait: Duration::from_secs(self.cert_wait_secs),
             namespace: self.namespace.clone(),
+            datapath: self.datapath.clone(),
         }))
     }
 }
@@ -467,13 +209,11 @@ async fn start_mtls(
     node: String,
     m: MtlsConfig,
     rules: RulesConfig,
-    idle_timeout: Duration,
 ) -> Result<netward_proxy::mesh::MtlsOptions, String> {
     use netward_proxy::mesh::{MtlsOptions, PeerSource};
     use netward_proxy::mtls::identity::TlsIdentity;
     use netward_proxy::mtls::kube_peers::{LeaseConfig, LeasePeers};
     use netward_proxy::mtls::node_cert::{CertConfig, CertManager};
-    use netward_proxy::mtls::tunnel::TunnelConfig;
     let ip = match m.node_ip {
         Some(ip) => ip,
         None => node_internal_ip(&client, &node).await?,
@@ -497,16 +237,7 @@ async fn start_mtls(
     let _renewals = manager.spawn();
     let leases = Arc::new(LeasePeers::new(client, LeaseConfig::new(&m.namespace)));
     let feed = leases.watch();
-    let tunnel = TunnelConfig {
-        idle_timeout,
-        max_handshakes: m.max_handshakes,
-        max_conns_per_node: m.max_conns_per_node,
-        mark: Some(rules.marks.bypass),
-        bind: Some(ip),
-        trust_domain: m.trust_domain.clone(),
-        ..TunnelConfig::default()
-    };
-    tunnel.validate().map_err(|e| e.to_string())?;
+    let tunnel = m.datapath.tunnel(&rules, ip).map_err(|e| e.to_string())?;
     Ok(MtlsOptions {
         identity,
         listen: SocketAddr::new(ip, m.tunnel_port),
@@ -566,30 +297,17 @@ enum Outcome {
     Ran(Result<(), String>),
 }
 
+/// `netward node`: a bad configuration value exits 64.
 pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     let cfg = match args.validate() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("netward: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return e.exit(),
     };
     super::raise_fd_limit();
-    let (audit_sink, audit_writer) = match cfg.audit.clone() {
-        None => (netward_proxy::audit::Sink::disabled(), None),
-        Some(output) => {
-            let acfg = netward_proxy::audit::Config {
-                output,
-                ..netward_proxy::audit::Config::default()
-            };
-            match netward_proxy::audit::start(acfg, Some(&cfg.node)) {
-                Ok((sink, w)) => (sink, Some(w)),
-                Err(e) => {
-                    eprintln!("netward: error: --audit-log/NETWARD_AUDIT_LOG: {e}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            }
-        }
+    let (audit_sink, audit_writer) = match args.datapath.start_audit(AuditLog::Off, Some(&cfg.node))
+    {
+        Ok(w) => w,
+        Err(e) => return e.exit(),
     };
     let status = Arc::new(SyncStatus::new());
     let metrics = Arc::new(Metrics::default());
@@ -601,16 +319,24 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     match admin::start(cfg.admin_addr, metrics.clone(), rx.clone()) {
         Ok(bound) => info!(admin.addr = %bound, "admin server listening"),
         Err(e) => {
-            eprintln!("netward: error: {e} (--admin-addr/NETWARD_ADMIN_ADDR)");
-            return ExitCode::from(EXIT_USAGE);
+            return ConfigError::new(
+                "--admin-addr/NETWARD_ADMIN_ADDR",
+                cfg.admin_addr.to_string(),
+                e.to_string(),
+            )
+            .exit();
         }
     }
     if let Some(addr) = cfg.debug_addr {
         match admin::start_debug(addr, metrics.clone(), rx.clone()) {
             Ok(bound) => info!(debug.addr = %bound, "debug listener (/debug/snapshot) listening"),
             Err(e) => {
-                eprintln!("netward: error: {e} (--debug-addr/NETWARD_DEBUG_ADDR)");
-                return ExitCode::from(EXIT_USAGE);
+                return ConfigError::new(
+                    "--debug-addr/NETWARD_DEBUG_ADDR",
+                    addr.to_string(),
+                    e.to_string(),
+                )
+                .exit();
             }
         }
     }
@@ -629,8 +355,9 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     let client = match kube_rt.block_on(source::client(cfg.kubeconfig.as_deref(), &status)) {
         Ok(c) => c,
         Err(e) => {
+            // An unusable kubeconfig or in-cluster configuration: configuration too.
             eprintln!("netward: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(config::EXIT_USAGE);
         }
     };
     let mtls_client = client.clone();
@@ -684,13 +411,7 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     let mtls_task = cfg.mtls.clone().map(|m| {
         // Bounded as a whole (the Node lookup included), whatever the API does.
         let limit = m.cert_wait + Duration::from_secs(10);
-        let setup = start_mtls(
-            mtls_client,
-            cfg.node.clone(),
-            m,
-            cfg.rules.clone(),
-            cfg.idle_timeout,
-        );
+        let setup = start_mtls(mtls_client, cfg.node.clone(), m, cfg.rules.clone());
         runtime.spawn(async move {
             tokio::time::timeout(limit, setup)
                 .await
@@ -700,16 +421,13 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     let mut opts = Options {
         rules: cfg.rules.clone(),
         reject: cfg.reject,
-        relay: RelayOptions {
-            splice: cfg.splice,
-            idle_timeout: Some(cfg.idle_timeout),
-            ..RelayOptions::default()
-        },
+        relay: cfg.relay.clone(),
         node: Some(cfg.node.clone()),
         // Removed here after the drain, not by the datapath: draining connections need them.
         cleanup_on_exit: false,
         metrics: metrics.clone(),
         audit: audit_sink,
+        audit_open: cfg.audit_open,
         ..Options::default()
     };
     info!(
@@ -854,7 +572,7 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use clap::{CommandFactory, Parser};
 
     #[derive(Parser)]
     struct Cli {
@@ -862,13 +580,15 @@ mod tests {
         args: NodeArgs,
     }
 
+    /// Parses and validates as `netward node` does (a clap error as `main` reports it).
     fn parse(argv: &[&str]) -> Result<NodeConfig, ConfigError> {
         let mut full = vec!["netward"];
         full.extend_from_slice(argv);
-        Cli::try_parse_from(full)
-            .map_err(|e| bad("argv", "", e.to_string()))?
-            .args
-            .validate()
+        match Cli::try_parse_from(full) {
+            Ok(cli) => cli.args.validate(),
+            Err(e) => Err(config::from_clap(&e, &Cli::command())
+                .unwrap_or_else(|| ConfigError::new("argv", "", e.to_string()))),
+        }
     }
 
     #[test]
@@ -974,7 +694,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(cfg.node, "node-a.example");
-        assert!(cfg.reject && cfg.cleanup_on_exit && cfg.splice && cfg.rules.ipv6);
+        assert!(cfg.reject && cfg.cleanup_on_exit && cfg.relay.splice && cfg.rules.ipv6);
         assert_eq!(cfg.debounce, Duration::from_millis(100));
         assert_eq!(cfg.admin_addr, SocketAddr::from(([127, 0, 0, 1], 15021)));
         assert_eq!(cfg.debug_addr, None, "/debug/* is off unless asked for");

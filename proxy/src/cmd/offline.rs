@@ -101,6 +101,11 @@ pub(crate) struct MatrixArgs {
 
 #[derive(Args)]
 #[command(after_help = "\
+Examples:
+  netward explain -f examples/rogue-pod --from netpol-test/rogue-pod --to netpol-test/backend --port 80
+  netward explain -f manifests/ -n shop --from client --to svc/web --port http -o wide
+  netward explain -f manifests/ --from shop/client --to 10.0.0.53 --port 53 --protocol UDP -o json
+
 Ends: namespace/pod, pod (in -n's namespace, else default), an IP, or a Service as
 namespace/service (when no pod has that name), namespace/svc/name, svc/name or
 service/name, or its ClusterIP. A Service is explained per backend, as the datapath

@@ -9,124 +9,75 @@ use std::time::{Duration, SystemTime};
 use clap::Args;
 use netward_controller::{Manifests, Snapshot, load};
 use netward_iptables::{CommandRunner, Config as RulesConfig};
+use netward_proxy::admin;
 use netward_proxy::datapath::{self, Options};
 use netward_proxy::metrics::Metrics;
-use netward_proxy::relay::RelayOptions;
-use netward_proxy::{admin, audit};
 use tokio::sync::watch;
 use tracing::{error, info};
 
-/// EX_USAGE: a bad flag or configuration value.
-pub(crate) const EXIT_USAGE: u8 = 64;
+use super::config::{AuditLog, ConfigError, DatapathArgs};
+
 /// EX_DATAERR: the manifests cannot be read at all.
 const EXIT_DATAERR: u8 = 65;
 
 #[derive(Args, Clone)]
+#[command(after_help = "\
+Examples:
+  netward run -f manifests/
+  netward run -f cluster.yaml -f policies/ --node node-a --reject --audit-log /var/log/netward/audit.log
+  netward run -f manifests/ --node node-a --mtls-identity /etc/netward/node-a \\
+      --tunnel-listen 198.18.0.1:15008 --tunnel-peers /run/netward/peers
+
+Every datapath option is also an environment variable (shown in brackets), as for \
+`netward node`. Exit codes: 0 stopped on SIGINT/SIGTERM; 1 runtime failure; 64 a bad \
+flag or variable (named, with its value); 65 the manifests cannot be read at all.")]
 pub(crate) struct RunArgs {
     /// Manifest files or directories with the Namespaces, Pods, Nodes, Services and
     /// NetworkPolicies to enforce. Reloaded when they change.
     #[arg(long = "manifests", short = 'f', required = true, num_args = 1..)]
     manifests: Vec<PathBuf>,
-    /// This node's name: its pods are those whose spec.nodeName matches (all pods if absent).
-    #[arg(long, env = "NODE_NAME")]
-    node: Option<String>,
-    /// Refuse denied TCP connections with a reset instead of dropping their SYN.
-    #[arg(long)]
-    reject: bool,
-    /// Audit log: a file (rotated by size), `-` for stdout, or `none`.
-    #[arg(long, default_value = "-")]
-    audit_log: String,
-    /// Rotate the audit log file when it would pass this many bytes.
-    #[arg(long, default_value_t = 100 * 1024 * 1024)]
-    audit_max_bytes: u64,
-    /// Rotated audit log files to keep (FILE.1 ... FILE.N).
-    #[arg(long, default_value_t = 5)]
-    audit_keep: usize,
-    /// Also write an `open` record when an allowed TCP connection starts.
-    #[arg(long)]
-    audit_open: bool,
-    /// Denied attempts between the same source IP, destination IP and port within this
-    /// many seconds are aggregated into one record with a count.
-    #[arg(long, default_value_t = 10)]
-    audit_deny_window_secs: u64,
-    /// Port of the transparent TCP listener.
-    #[arg(long, default_value_t = netward_iptables::config::TPROXY_PORT)]
-    tproxy_port: u16,
-    /// Move bytes with a copy loop instead of splice(2) (for comparison).
-    #[arg(long)]
-    no_splice: bool,
-    /// Close connections idle for this many seconds.
-    #[arg(long, default_value_t = 3600)]
-    idle_timeout_secs: u64,
-    /// Do not intercept IPv6.
-    #[arg(long)]
-    no_ipv6: bool,
-    /// Keep the interception rules installed on exit (fail closed until the next start).
-    #[arg(long)]
-    keep_rules: bool,
-    /// Address of the admin server (/metrics, /healthz, /readyz); `none` to disable.
-    #[arg(long, default_value = "127.0.0.1:15021")]
-    admin_addr: String,
-    /// Serve /debug/snapshot on this loopback address (e.g. 127.0.0.1:15022). Off by
-    /// default; an address that is not loopback is a usage error (exit 64).
-    #[arg(long)]
-    debug_addr: Option<String>,
     /// How often to check the manifests for changes, in milliseconds.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = super::config::number(0u64, u64::MAX))]
     reload_ms: u64,
     /// Take part in the mTLS tunnel between node proxies: the directory with this
     /// node's `node.pem`, `node-key.pem` and `trust-bundle.pem` (`netward ca issue`).
-    /// Needs --node, --tunnel-listen and --tunnel-peers.
-    #[arg(long, requires_all = ["node", "tunnel_listen", "tunnel_peers"])]
+    /// Needs --node-name, --tunnel-listen and --tunnel-peers.
+    #[arg(long, requires_all = ["node_name", "tunnel_listen", "tunnel_peers"])]
     mtls_identity: Option<PathBuf>,
-    /// The SPIFFE trust domain of node identities.
-    #[arg(long, default_value = netward_proxy::mtls::identity::DEFAULT_TRUST_DOMAIN)]
-    trust_domain: String,
     /// Where this node's tunnel listener binds: the node's IP and port 15008.
     #[arg(long)]
     tunnel_listen: Option<std::net::SocketAddr>,
     /// The directory where nodes advertise their tunnel listeners (`<node>.tunnel`).
     #[arg(long)]
     tunnel_peers: Option<PathBuf>,
-    /// Live streams per pooled TLS connection before another is opened.
-    #[arg(long, default_value_t = 100)]
-    tunnel_streams_per_conn: usize,
-    /// Tunnel server: TLS handshakes in flight at once (unauthenticated work); more
-    /// connections are closed at once, counted and audited.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    tunnel_max_handshakes: u32,
-    /// Tunnel server: live connections from one peer node; more are refused.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
-    tunnel_max_conns_per_node: u32,
+    #[command(flatten)]
+    datapath: DatapathArgs,
 }
 
-/// The tunnel options from the flags; `Err` names the flag.
+/// The tunnel options from the flags.
 fn mtls_options(
     args: &RunArgs,
     rules: &RulesConfig,
-) -> Result<Option<netward_proxy::mesh::MtlsOptions>, String> {
-    use netward_proxy::mtls::{identity::TlsIdentity, tunnel::TunnelConfig};
+) -> Result<Option<netward_proxy::mesh::MtlsOptions>, ConfigError> {
+    use netward_proxy::mtls::identity::TlsIdentity;
     let Some(dir) = &args.mtls_identity else {
         return Ok(None);
     };
-    let (Some(node), Some(listen), Some(peers)) =
-        (&args.node, args.tunnel_listen, &args.tunnel_peers)
-    else {
-        return Err("--mtls-identity needs --node, --tunnel-listen and --tunnel-peers".to_owned());
+    let (Some(node), Some(listen), Some(peers)) = (
+        &args.datapath.node_name,
+        args.tunnel_listen,
+        &args.tunnel_peers,
+    ) else {
+        return Err(ConfigError::new(
+            "--mtls-identity",
+            dir.display().to_string(),
+            "needs --node-name, --tunnel-listen and --tunnel-peers",
+        ));
     };
-    let identity = TlsIdentity::load(dir, &args.trust_domain, node)
-        .map_err(|e| format!("--mtls-identity {}: {e}", dir.display()))?;
-    let tunnel = TunnelConfig {
-        max_streams_per_conn: args.tunnel_streams_per_conn,
-        max_handshakes: args.tunnel_max_handshakes as usize,
-        max_conns_per_node: args.tunnel_max_conns_per_node as usize,
-        idle_timeout: Duration::from_secs(args.idle_timeout_secs),
-        mark: Some(rules.marks.bypass),
-        bind: Some(listen.ip()),
-        trust_domain: args.trust_domain.clone(),
-        ..TunnelConfig::default()
-    };
-    tunnel.validate().map_err(|e| e.to_string())?;
+    let identity = TlsIdentity::load(dir, &args.datapath.trust_domain, node).map_err(|e| {
+        ConfigError::new("--mtls-identity", dir.display().to_string(), e.to_string())
+    })?;
+    let tunnel = args.datapath.tunnel(rules, listen.ip())?;
     Ok(Some(netward_proxy::mesh::MtlsOptions {
         identity,
         listen,
@@ -136,6 +87,13 @@ fn mtls_options(
 }
 
 #[derive(Args)]
+#[command(after_help = "\
+Examples:
+  netward cleanup --dry-run
+  netward cleanup
+
+Only netward's own table, chains, jump rules, ip rules and routes are removed. Exit codes: \
+0 done (or nothing installed); 1 a rule could not be listed or removed; 2 a bad flag.")]
 pub(crate) struct CleanupArgs {
     /// Only list what netward has installed.
     #[arg(long)]
@@ -178,61 +136,29 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Raises the open-file limit to its hard maximum: each relayed connection holds two
-/// sockets and up to two pipes (four fds).
+/// `netward run`: a bad configuration value exits 64, unreadable manifests 65.
 pub(crate) fn run(args: &RunArgs) -> ExitCode {
     super::raise_fd_limit();
-    let rules = RulesConfig {
-        tcp_port: args.tproxy_port,
-        ipv6: !args.no_ipv6,
-        ..RulesConfig::default()
+    let dp = &args.datapath;
+    let rules = match dp.rules() {
+        Ok(r) => r,
+        Err(e) => return e.exit(),
     };
-    if let Err(e) = rules.validate() {
-        eprintln!("netward: error: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let debug_addr = match args.debug_addr.as_deref() {
-        None => None,
-        Some(v) => match admin::parse_debug_addr(v) {
-            Ok(a) => Some(a),
-            Err(reason) => {
-                eprintln!("netward: error: --debug-addr {v:?}: {reason}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
+    let admin_addr = match dp.admin_addr(
+        std::net::SocketAddr::from(([127, 0, 0, 1], super::config::ADMIN_PORT)),
+        true,
+    ) {
+        Ok(a) => a,
+        Err(e) => return e.exit(),
     };
     let mtls = match mtls_options(args, &rules) {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("netward: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return e.exit(),
     };
-    let audit_output = match args.audit_log.as_str() {
-        "none" => None,
-        "-" => Some(audit::Output::Stdout),
-        path => Some(audit::Output::File {
-            path: PathBuf::from(path),
-            max_bytes: args.audit_max_bytes,
-            keep: args.audit_keep,
-        }),
-    };
-    let (sink, writer) = match audit_output {
-        None => (audit::Sink::disabled(), None),
-        Some(output) => {
-            let cfg = audit::Config {
-                output,
-                deny_window: Duration::from_secs(args.audit_deny_window_secs),
-                ..audit::Config::default()
-            };
-            match audit::start(cfg, args.node.as_deref()) {
-                Ok((sink, writer)) => (sink, Some(writer)),
-                Err(e) => {
-                    eprintln!("netward: error: --audit-log {}: {e}", args.audit_log);
-                    return ExitCode::from(EXIT_USAGE);
-                }
-            }
-        }
+    let node = dp.node_name.clone();
+    let (sink, writer) = match dp.start_audit(AuditLog::Stdout, node.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return e.exit(),
     };
     let manifests = match load_manifests(&args.manifests) {
         Ok(m) => m,
@@ -245,50 +171,44 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
     };
     let mut generation = 1;
     let snap = Snapshot::compile(&manifests.cluster);
-    info!(manifests = %manifests, node = args.node.as_deref().unwrap_or("(all pods)"), "policy loaded");
+    info!(manifests = %manifests, node = node.as_deref().unwrap_or("(all pods)"), "policy loaded");
     let (tx, rx) = watch::channel(Arc::new(snap));
     let metrics = Arc::new(Metrics::default());
-    if args.admin_addr != "none" {
-        let addr: std::net::SocketAddr = match args.admin_addr.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!(
-                    "netward: error: --admin-addr {:?}: {e} (expected IP:PORT or none)",
-                    args.admin_addr
-                );
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
+    if let Some(addr) = admin_addr {
         match admin::start(addr, metrics.clone(), rx.clone()) {
             Ok(bound) => info!(admin.addr = %bound, "admin server listening"),
             Err(e) => {
-                eprintln!("netward: error: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return ConfigError::new(
+                    "--admin-addr/NETWARD_ADMIN_ADDR",
+                    addr.to_string(),
+                    e.to_string(),
+                )
+                .exit();
             }
         }
     }
-    if let Some(addr) = debug_addr {
+    if let Some(addr) = dp.debug_addr() {
         match admin::start_debug(addr, metrics.clone(), rx.clone()) {
             Ok(bound) => info!(debug.addr = %bound, "debug listener (/debug/snapshot) listening"),
             Err(e) => {
-                eprintln!("netward: error: --debug-addr: {e}");
-                return ExitCode::from(EXIT_USAGE);
+                return ConfigError::new(
+                    "--debug-addr/NETWARD_DEBUG_ADDR",
+                    addr.to_string(),
+                    e.to_string(),
+                )
+                .exit();
             }
         }
     }
 
     let opts = Options {
         rules,
-        reject: args.reject,
-        relay: RelayOptions {
-            splice: !args.no_splice,
-            idle_timeout: Some(Duration::from_secs(args.idle_timeout_secs)),
-            ..RelayOptions::default()
-        },
-        node: args.node.clone(),
-        cleanup_on_exit: !args.keep_rules,
+        reject: dp.reject,
+        relay: dp.relay(),
+        node,
+        cleanup_on_exit: dp.cleanup_on_exit(true),
         audit: sink,
-        audit_open: args.audit_open,
+        audit_open: dp.audit_open,
         metrics: metrics.clone(),
         mtls,
         ..Options::default()

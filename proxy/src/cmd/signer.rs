@@ -15,88 +15,52 @@ use netward_proxy::mtls::identity;
 use netward_proxy::mtls::signer::{self, SignerConfig, SignerStatus};
 use tracing::{error, info};
 
-/// EX_USAGE: a bad flag or environment variable.
-const EXIT_USAGE: u8 = 64;
+use super::config::{self, ConfigError};
 
-/// Every option is a flag and an environment variable; values are validated once.
+/// Every option is a flag and an environment variable, parsed by typed value parsers: a
+/// bad one exits 64 with its name, its value and the reason.
 #[derive(Args, Clone, Debug)]
+#[command(after_help = "\
+Examples:
+  netward signer --kubeconfig ~/.kube/config --namespace netward-system
+  POD_NAME=netward-signer-0 POD_NAMESPACE=netward-system netward signer --log-format json
+  netward signer --max-validity-secs 3600 --lease-duration-secs 30 --renew-secs 10
+
+The Deployment (deploy/signer.yaml) sets POD_NAME and POD_NAMESPACE from the downward API, \
+and NETWARD_SERVICE_ACCOUNT, NETWARD_TRUST_DOMAIN and NETWARD_MAX_VALIDITY_SECS; a flag \
+wins over its variable. Exit codes: 0 stopped; 1 runtime failure; 64 a bad flag or \
+variable (named, with its value).")]
 pub(crate) struct SignerArgs {
     /// A kubeconfig file. Without it: $KUBECONFIG, ~/.kube/config, or the pod's
     /// ServiceAccount (in cluster).
-    #[arg(long, env = "NETWARD_KUBECONFIG")]
+    #[arg(long, env = "NETWARD_KUBECONFIG", value_name = "FILE", value_parser = config::existing_file)]
     kubeconfig: Option<PathBuf>,
     /// netward's namespace: the node agent's service account, the CA Secret, the Lease
     /// and the trust-bundle ConfigMap (the Deployment sets it from metadata.namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "netward-system")]
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NS", default_value = "netward-system", value_parser = config::dns_label)]
     namespace: String,
     /// The node agent's service account, the only one whose requests are signed.
-    #[arg(long, env = "NETWARD_SERVICE_ACCOUNT", default_value = "netward")]
+    #[arg(long, env = "NETWARD_SERVICE_ACCOUNT", value_name = "NAME", default_value = "netward", value_parser = config::dns_label)]
     service_account: String,
     /// The SPIFFE trust domain of node identities.
-    #[arg(long, env = "NETWARD_TRUST_DOMAIN", default_value = identity::DEFAULT_TRUST_DOMAIN)]
+    #[arg(long, env = "NETWARD_TRUST_DOMAIN", value_name = "DOMAIN", default_value = identity::DEFAULT_TRUST_DOMAIN, value_parser = config::trust_domain)]
     trust_domain: String,
     /// The longest certificate issued, in seconds (a request may ask for less).
-    #[arg(long, env = "NETWARD_MAX_VALIDITY_SECS", default_value = "86400")]
-    max_validity_secs: String,
+    #[arg(long, env = "NETWARD_MAX_VALIDITY_SECS", value_name = "SECS", default_value_t = 86_400, value_parser = config::number(signer::MIN_VALIDITY.as_secs(), 365 * 24 * 3600))]
+    max_validity_secs: u64,
     /// Validity of a CA generated on the first run, in days.
-    #[arg(long, env = "NETWARD_CA_VALIDITY_DAYS", default_value = "365")]
-    ca_validity_days: String,
+    #[arg(long, env = "NETWARD_CA_VALIDITY_DAYS", value_name = "DAYS", default_value_t = 365, value_parser = config::number(1u64, 20 * 365))]
+    ca_validity_days: u64,
     /// This replica's identity in the Lease (default: $POD_NAME, else the hostname).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
     holder: Option<String>,
     /// The Lease duration in seconds.
-    #[arg(long, env = "NETWARD_LEASE_DURATION_SECS", default_value = "15")]
-    lease_duration_secs: String,
-    /// How often the leader renews the Lease, in seconds.
-    #[arg(long, env = "NETWARD_LEASE_RENEW_SECS", default_value = "5")]
-    renew_secs: String,
-}
-
-/// A configuration value that cannot be used: its name, its value and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?}: {reason}")]
-pub(crate) struct ConfigError {
-    name: &'static str,
-    value: String,
-    reason: String,
-}
-
-fn bad(name: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name,
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-fn parse_num(name: &'static str, v: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
-    let n: u64 = v
-        .trim()
-        .parse()
-        .map_err(|e| bad(name, v, format!("not a whole number ({e})")))?;
-    if n < min || n > max {
-        return Err(bad(name, v, format!("must be between {min} and {max}")));
-    }
-    Ok(n)
-}
-
-/// A DNS-1123 label, as namespace and service-account names are.
-fn check_label(name: &'static str, v: &str) -> Result<(), ConfigError> {
-    let ok = !v.is_empty()
-        && v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && v.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(
-            name,
-            v,
-            "not a DNS label (lowercase letters, digits and '-', at most 63 characters)",
-        ))
-    }
+    #[arg(long, env = "NETWARD_LEASE_DURATION_SECS", value_name = "SECS", default_value_t = 15, value_parser = config::number(2u64, 600))]
+    lease_duration_secs: u64,
+    /// How often the leader renews the Lease, in seconds (at most 2/3 of the Lease
+    /// duration).
+    #[arg(long, env = "NETWARD_LEASE_RENEW_SECS", value_name = "SECS", default_value_t = 5, value_parser = config::number(1u64, 600))]
+    renew_secs: u64,
 }
 
 fn hostname() -> Option<String> {
@@ -107,64 +71,21 @@ fn hostname() -> Option<String> {
 }
 
 impl SignerArgs {
-    /// Validates every value once.
+    /// Checks what the value parsers cannot see alone: the renewal against the Lease
+    /// duration, and a holder name.
     pub(crate) fn validate(&self) -> Result<(Option<PathBuf>, SignerConfig), ConfigError> {
-        if let Some(path) = &self.kubeconfig
-            && !path.is_file()
-        {
-            return Err(bad(
-                "--kubeconfig/NETWARD_KUBECONFIG",
-                &path.display().to_string(),
-                "no such file",
-            ));
-        }
-        check_label("--namespace/POD_NAMESPACE", &self.namespace)?;
-        check_label(
-            "--service-account/NETWARD_SERVICE_ACCOUNT",
-            &self.service_account,
-        )?;
-        identity::validate_trust_domain(&self.trust_domain).map_err(|e| {
-            bad(
-                "--trust-domain/NETWARD_TRUST_DOMAIN",
-                &self.trust_domain,
-                e.to_string(),
-            )
-        })?;
-        let max_validity = parse_num(
-            "--max-validity-secs/NETWARD_MAX_VALIDITY_SECS",
-            &self.max_validity_secs,
-            signer::MIN_VALIDITY.as_secs(),
-            365 * 24 * 3600,
-        )?;
-        let ca_days = parse_num(
-            "--ca-validity-days/NETWARD_CA_VALIDITY_DAYS",
-            &self.ca_validity_days,
-            1,
-            20 * 365,
-        )?;
-        let lease = parse_num(
-            "--lease-duration-secs/NETWARD_LEASE_DURATION_SECS",
-            &self.lease_duration_secs,
-            2,
-            600,
-        )?;
-        let renew = parse_num(
-            "--renew-secs/NETWARD_LEASE_RENEW_SECS",
-            &self.renew_secs,
-            1,
-            600,
-        )?;
+        let (lease, renew) = (self.lease_duration_secs, self.renew_secs);
         if renew * 3 > lease * 2 {
-            return Err(bad(
+            return Err(ConfigError::new(
                 "--renew-secs/NETWARD_LEASE_RENEW_SECS",
-                &self.renew_secs,
+                renew.to_string(),
                 format!("must be at most 2/3 of the lease duration ({lease} s)"),
             ));
         }
         let holder = match self.holder.clone().filter(|h| !h.is_empty()) {
             Some(h) => h,
             None => hostname().ok_or_else(|| {
-                bad(
+                ConfigError::new(
                     "--holder/POD_NAME",
                     "",
                     "required when the hostname is unknown (the Deployment sets it from metadata.name)",
@@ -175,8 +96,8 @@ impl SignerArgs {
             namespace: self.namespace.clone(),
             service_account: self.service_account.clone(),
             trust_domain: self.trust_domain.clone(),
-            max_validity: Duration::from_secs(max_validity),
-            ca_validity: Duration::from_secs(ca_days * 24 * 3600),
+            max_validity: Duration::from_secs(self.max_validity_secs),
+            ca_validity: Duration::from_secs(self.ca_validity_days * 24 * 3600),
             holder,
             lease_duration: Duration::from_secs(lease),
             renew_every: Duration::from_secs(renew),
@@ -190,10 +111,7 @@ impl SignerArgs {
 pub(crate) fn signer(args: &SignerArgs) -> ExitCode {
     let (kubeconfig, cfg) = match args.validate() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("netward: error: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return e.exit(),
     };
     match run(kubeconfig, cfg) {
         Ok(()) => ExitCode::SUCCESS,

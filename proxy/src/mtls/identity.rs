@@ -380,36 +380,10 @@ fn parse_node_uri(uri: &str, trust_domain: &str) -> Result<String> {
 
 /// Checks that `name` is a DNS-1123 subdomain, as Kubernetes node names are.
 pub fn validate_node_name(name: &str) -> Result<()> {
-    let invalid = |reason: &str| IdentityError::InvalidNodeName {
+    netward_controller::names::dns1123_subdomain(name).map_err(|e| IdentityError::InvalidNodeName {
         name: name.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if name.is_empty() {
-        return Err(invalid("empty"));
-    }
-    if name.len() > 253 {
-        return Err(invalid("longer than 253 characters"));
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err(invalid("empty label"));
-        }
-        if label.len() > 63 {
-            return Err(invalid("a label is longer than 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(invalid(
-                "only lowercase letters, digits, '-' and '.' are allowed",
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(invalid("a label starts or ends with '-'"));
-        }
-    }
-    Ok(())
+        reason: e.to_string(),
+    })
 }
 
 /// Checks that `name` is a SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_`.
@@ -435,7 +409,8 @@ pub fn validate_trust_domain(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Parses a duration such as `24h`, `30m`, `90s` or `365d` (one number, one unit).
+/// Parses a duration such as `24h`, `30m`, `90s` or `365d`: one whole number, one unit
+/// (a day is 24 hours; jiff does the arithmetic).
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let invalid = |reason: &str| IdentityError::InvalidDuration {
         value: text.to_owned(),
@@ -446,23 +421,20 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| invalid("missing unit (s, m, h or d)"))?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| invalid("expected a number then a unit"))?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(invalid("unknown unit (s, m, h or d)")),
-    };
-    let secs = number
-        .checked_mul(unit_secs)
-        .ok_or_else(|| invalid("too large"))?;
-    if secs == 0 {
+    if number.is_empty() {
+        return Err(invalid("expected a number then a unit"));
+    }
+    if !matches!(unit, "s" | "m" | "h" | "d") {
+        return Err(invalid("unknown unit (s, m, h or d)"));
+    }
+    let duration = text
+        .parse::<jiff::Span>()
+        .and_then(|span| span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()))
+        .map_err(|_| invalid("too large"))?;
+    if !duration.is_positive() {
         return Err(invalid("must be positive"));
     }
-    Ok(Duration::from_secs(secs))
+    Duration::try_from(duration).map_err(|_| invalid("too large"))
 }
 
 /// The files `init_ca` wrote.
@@ -892,10 +864,10 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// `t` as RFC 3339 text, for logs and messages.
+/// `t` as RFC 3339 text, for logs and messages (`2026-11-24T10:12:03Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
+    jiff::Timestamp::try_from(t)
+        .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{}s after the epoch", unix_secs(t)))
 }
 
@@ -1477,6 +1449,16 @@ mod tests {
     }
 
     #[test]
+    fn rfc3339_for_messages() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_515_123);
+        assert_eq!(rfc3339(t), "2026-11-24T10:12:03Z");
+        assert_eq!(
+            rfc3339(t + Duration::from_millis(120)),
+            "2026-11-24T10:12:03.12Z"
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
@@ -1491,6 +1473,8 @@ mod tests {
             "-1h",
             "1.5h",
             "99999999999999999999d",
+            "1h30m",
+            "PT24H",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
