@@ -3,6 +3,7 @@
 //!
 //! The engine is pure: plain data in, a [`Decision`] out, with its reason. No tokio,
 //! no kube client.
+#![forbid(unsafe_code)]
 
 pub mod addresses;
 pub mod backends;

@@ -16,6 +16,7 @@ pub mod mtls;
 pub mod net;
 pub mod packet;
 pub mod parked;
+mod pipe;
 pub mod relay;
 pub mod review;
 pub mod verdict;

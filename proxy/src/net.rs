@@ -14,8 +14,6 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::sys;
-
 /// Listen backlog for transparent listeners; the kernel caps it at
 /// `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -203,7 +201,14 @@ pub async fn connect_upstream(
             sock.set_ip_transparent_v6(true).map_err(bind_err)?;
             sock.set_freebind_v6(true).map_err(bind_err)?;
         }
-        sys::set_bind_address_no_port(socket.as_fd(), true).map_err(bind_err)?;
+        // A bind to (ip, 0) then reserves no port: connect() picks one unique for the
+        // full 4-tuple, instead of one ephemeral range shared by every destination.
+        nix::sys::socket::setsockopt(
+            &socket.as_fd(),
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        )
+        .map_err(|e| bind_err(e.into()))?;
         socket
             .bind(SocketAddr::new(src.0.ip(), 0))
             .map_err(bind_err)?;

@@ -37,7 +37,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::sys;
+use crate::pipe as sys;
 
 /// Relay directions that wanted splice but fell back to the copy loop since
 /// the process started (splice unsupported, or no pipe could be created).

@@ -2,6 +2,7 @@
 //! binary running in a node namespace, and real clients in pod namespaces.
 //!
 //! Tests need root; without it they print why and pass vacuously (CI runs as root).
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a panic is a test failure
 
 use std::io::Read;

@@ -4,6 +4,7 @@
 //!
 //! Needs root (network namespaces, nftables, iptables), `iperf3` and `haproxy` (installed
 //! with apt when missing), and a release build of `netward` next to this binary.
+#![forbid(unsafe_code)]
 
 mod manifests;
 mod paths;
