@@ -29,6 +29,11 @@ use nix::sys::socket::{
 use socket2::SockRef;
 use thiserror::Error;
 
+use crate::netlink::{
+    self, NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, finish, ne_u32, nest,
+    put_attr,
+};
+
 /// How long one receive may wait for the kernel.
 const RECV_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -441,16 +446,8 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_ICMP: u8 = 1;
@@ -476,39 +473,17 @@ const CTA_PROTO_ICMPV6_ID: u16 = 7;
 const CTA_PROTO_ICMPV6_TYPE: u16 = 8;
 const CTA_PROTO_ICMPV6_CODE: u16 = 9;
 
-/// Writes the netlink and nfgenmsg headers; the length is patched by `finish`.
+/// Starts a ctnetlink message for `family`; [`finish`] patches its length.
 fn begin(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8) {
-    out.clear();
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | kind).to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: the family, version 0 (NFNETLINK_V0), resource id 0.
-    out.extend_from_slice(&[family, 0, 0, 0]);
-}
-
-fn put_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len().next_multiple_of(4), 0);
-}
-
-/// Writes a nested attribute whose contents `f` appends.
-fn nest(out: &mut Vec<u8>, kind: u16, f: impl FnOnce(&mut Vec<u8>)) {
-    let start = out.len();
-    out.extend_from_slice(&0u16.to_ne_bytes());
-    out.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-    f(out);
-    let len = u16::try_from(out.len() - start).unwrap_or(u16::MAX);
-    out[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-}
-
-fn finish(out: &mut [u8]) {
-    let len = u32::try_from(out.len()).unwrap_or(u32::MAX).to_ne_bytes();
-    out[..4].copy_from_slice(&len);
+    netlink::begin(
+        out,
+        NFNL_SUBSYS_CTNETLINK,
+        kind,
+        flags,
+        seq,
+        [family, 0, 0, 0],
+    );
 }
 
 fn encode_dump(out: &mut Vec<u8>, family: u8, seq: u32) {
@@ -611,39 +586,21 @@ enum Message {
 }
 
 /// Splits a datagram into its netlink messages.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message> + '_ {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = ne_u32(buf, 0) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            buf = &[];
-            return Some(Message::Malformed("netlink message length out of bounds"));
-        }
-        let (msg, rest) = buf.split_at(len);
-        buf = rest.get(len.next_multiple_of(4) - len..).unwrap_or(&[]);
-        Some(decode(msg))
+fn messages(buf: &[u8]) -> impl Iterator<Item = Message> + '_ {
+    netlink::frames(buf).map(|frame| match frame {
+        Ok(frame) => decode(&frame),
+        Err(reason) => Message::Malformed(reason),
     })
 }
 
-/// Decodes one message of at least `NLMSG_HDRLEN` bytes.
-fn decode(msg: &[u8]) -> Message {
-    let kind = ne_u16(msg, 4);
-    let flags = ne_u16(msg, 6);
-    let seq = ne_u32(msg, 8);
-    let body = msg.get(NLMSG_HDRLEN..).unwrap_or(&[]);
-    match kind {
-        NLMSG_ERROR => {
-            if body.len() < 4 + NLMSG_HDRLEN {
-                return Message::Malformed("short netlink error message");
-            }
-            let errno = ne_u32(body, 0).cast_signed();
-            Message::Error {
-                errno: errno.saturating_neg(),
-                seq: ne_u32(body, 4 + 8),
-            }
-        }
+/// Decodes one message.
+fn decode(frame: &netlink::Frame<'_>) -> Message {
+    let (seq, flags, body) = (frame.seq, frame.flags, frame.body);
+    match frame.kind {
+        NLMSG_ERROR => match frame.error() {
+            Ok((errno, seq)) => Message::Error { seq, errno },
+            Err(reason) => Message::Malformed(reason),
+        },
         NLMSG_DONE => Message::Done {
             seq,
             // The dump's status; older kernels may send an empty body.
@@ -661,21 +618,8 @@ fn decode(msg: &[u8]) -> Message {
 }
 
 /// Walks attributes: `(type without flags, value)`, or an error where a length is wrong.
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), &'static str>> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = usize::from(ne_u16(buf, 0));
-        let kind = ne_u16(buf, 2) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            buf = &[];
-            return Some(Err("conntrack attribute length out of bounds"));
-        }
-        let value = &buf[4..len];
-        buf = buf.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-        Some(Ok((kind, value)))
-    })
+fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), &'static str>> {
+    netlink::attrs(buf, "conntrack attribute length out of bounds")
 }
 
 /// One direction's tuple, as far as the message gave it.
@@ -808,20 +752,6 @@ fn u8_of(v: &[u8]) -> Result<u8, &'static str> {
     }
 }
 
-fn ne_u16(b: &[u8], at: usize) -> u16 {
-    match b.get(at..at + 2) {
-        Some(&[x0, x1]) => u16::from_ne_bytes([x0, x1]),
-        _ => 0,
-    }
-}
-
-fn ne_u32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(&[x0, x1, x2, x3]) => u32::from_ne_bytes([x0, x1, x2, x3]),
-        _ => 0,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(
@@ -830,6 +760,7 @@ mod tests {
     )]
 
     use super::*;
+    use crate::netlink::{NLA_F_NESTED, NLMSG_HDRLEN};
 
     /// An attribute header as the kernel lays it out.
     fn hdr(len: u16, kind: u16) -> Vec<u8> {

@@ -14,6 +14,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod mtls;
 pub mod net;
+mod netlink;
 pub mod packet;
 pub mod parked;
 mod pipe;

@@ -31,6 +31,8 @@ use nix::sys::socket::{
 use socket2::SockRef;
 use thiserror::Error;
 
+use crate::netlink::{self, NFGENMSG_LEN, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, finish, put_attr};
+
 pub use crate::packet::{FlowKey, ParseError, parse_packet};
 
 /// Bytes of each queued packet copied to the proxy: room for an IPv6 header, a
@@ -429,7 +431,7 @@ pub fn run_queue_deferrable(
     run_queue_with(cfg, decide, stop, &|| {})
 }
 
-/// Like [`run_queue_deferrable`], calling `tick` at least every 100 ms while the queue is
+/// Like [`run_queue_deferrable`], calling `tick` at least every 250 ms while the queue is
 /// bound and read (after each batch of packets, and on each receive timeout): a
 /// heartbeat that stops when the reader is wedged or the queue cannot be bound.
 pub fn run_queue_with(
@@ -440,11 +442,6 @@ pub fn run_queue_with(
 ) -> Result<()> {
     cfg.validate()?;
     let mut queue = Queue::open(cfg)?;
-    tracing::info!(
-        queue = cfg.queue_num,
-        maxlen = cfg.queue_maxlen,
-        "verdict queue bound"
-    );
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut last_tick = Instant::now();
     tick();
@@ -491,11 +488,6 @@ pub async fn run_queue_async(
             queue: cfg.queue_num,
             source,
         })?;
-    tracing::info!(
-        queue = cfg.queue_num,
-        maxlen = cfg.queue_maxlen,
-        "verdict queue bound"
-    );
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut beat = tokio::time::interval(TICK_EVERY);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -608,6 +600,7 @@ impl Queue {
                 source,
             })?;
         }
+        tracing::info!(queue, maxlen = cfg.queue_maxlen, "verdict queue bound");
         Ok(q)
     }
 
@@ -790,12 +783,6 @@ const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_CONFIG: u16 = 2;
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
@@ -823,30 +810,11 @@ enum Attr {
     Flags { flags: u32, mask: u32 },
 }
 
-/// Writes the netlink and nfgenmsg headers; the length is patched by `finish`.
+/// Starts an nfqueue message for `queue`; [`finish`] patches its length.
 fn begin(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, queue: u16) {
-    out.clear();
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&((NFNL_SUBSYS_QUEUE << 8) | kind).to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: family AF_UNSPEC, version 0, the queue number (big endian).
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&queue.to_be_bytes());
-}
-
-fn put_attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    let len = u16::try_from(4 + payload.len()).unwrap_or(u16::MAX);
-    out.extend_from_slice(&len.to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len().next_multiple_of(4), 0);
-}
-
-fn finish(out: &mut [u8]) {
-    let len = u32::try_from(out.len()).unwrap_or(u32::MAX).to_ne_bytes();
-    out[..4].copy_from_slice(&len);
+    let [q0, q1] = queue.to_be_bytes();
+    netlink::begin(out, NFNL_SUBSYS_QUEUE, kind, flags, seq, [0, 0, q0, q1]);
 }
 
 fn encode_config(out: &mut Vec<u8>, queue: u16, seq: u32, attrs: &[Attr]) {
@@ -904,67 +872,41 @@ enum Message<'a> {
 }
 
 /// Splits a datagram into its netlink messages.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
-    std::iter::from_fn(move || {
-        if buf.len() < NLMSG_HDRLEN {
-            return None;
-        }
-        let len = ne_u32(buf, 0) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            buf = &[];
-            return Some(Message::Malformed("netlink message length out of bounds"));
-        }
-        let (msg, rest) = buf.split_at(len);
-        buf = rest.get(len.next_multiple_of(4) - len..).unwrap_or(&[]);
-        Some(decode(msg))
+fn messages(buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    netlink::frames(buf).map(|frame| match frame {
+        Ok(frame) => decode(&frame),
+        Err(reason) => Message::Malformed(reason),
     })
 }
 
-fn decode(msg: &[u8]) -> Message<'_> {
-    let kind = u16::from_ne_bytes([msg[4], msg[5]]);
-    let body = &msg[NLMSG_HDRLEN..];
-    if kind == NLMSG_ERROR {
-        if body.len() < 4 + NLMSG_HDRLEN {
-            return Message::Malformed("short netlink error message");
-        }
-        let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-        return Message::Error {
-            errno: errno.saturating_neg(),
-            seq: ne_u32(body, 4 + 8),
+fn decode<'a>(frame: &netlink::Frame<'a>) -> Message<'a> {
+    if frame.kind == NLMSG_ERROR {
+        return match frame.error() {
+            Ok((errno, seq)) => Message::Error { errno, seq },
+            Err(reason) => Message::Malformed(reason),
         };
     }
-    if kind != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-        return Message::Other(kind);
+    if frame.kind != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
+        return Message::Other(frame.kind);
     }
-    let Some(mut attrs) = body.get(NFGENMSG_LEN..) else {
+    let Some(attrs) = frame.body.get(NFGENMSG_LEN..) else {
         return Message::Malformed("short nfqueue packet message");
     };
     let (mut id, mut mark, mut payload) = (None, 0, &[][..]);
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > attrs.len() {
-            return Message::Malformed("nfqueue attribute length out of bounds");
+    for attr in netlink::attrs(attrs, "nfqueue attribute length out of bounds") {
+        match attr {
+            Ok((NFQA_PACKET_HDR, [a, b, c, d, ..])) => {
+                id = Some(u32::from_be_bytes([*a, *b, *c, *d]));
+            }
+            Ok((NFQA_MARK, [a, b, c, d])) => mark = u32::from_be_bytes([*a, *b, *c, *d]),
+            Ok((NFQA_PAYLOAD, v)) => payload = v,
+            Ok(_) => {}
+            Err(reason) => return Message::Malformed(reason),
         }
-        let value = &attrs[4..len];
-        match (kind, value) {
-            (NFQA_PACKET_HDR, [a, b, c, d, ..]) => id = Some(u32::from_be_bytes([*a, *b, *c, *d])),
-            (NFQA_MARK, [a, b, c, d]) => mark = u32::from_be_bytes([*a, *b, *c, *d]),
-            (NFQA_PAYLOAD, v) => payload = v,
-            _ => {}
-        }
-        attrs = attrs.get(len.next_multiple_of(4)..).unwrap_or(&[]);
     }
     match id {
         Some(id) => Message::Packet(PacketMsg { id, mark, payload }),
         None => Message::Malformed("nfqueue packet without a packet header"),
-    }
-}
-
-fn ne_u32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(&[x0, x1, x2, x3]) => u32::from_ne_bytes([x0, x1, x2, x3]),
-        _ => 0,
     }
 }
 
