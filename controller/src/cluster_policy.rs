@@ -32,107 +32,165 @@ pub mod api {
     #![allow(missing_docs)] // the upstream CRD documents each field
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-    use serde::Deserialize;
+    use serde::{Deserialize, Serialize};
 
     /// A whole object.
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct ClusterNetworkPolicy {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub api_version: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub kind: Option<String>,
         #[serde(default)]
         pub metadata: ObjectMeta,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub spec: Option<Spec>,
         /// Written by implementations; not read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub status: Option<serde_yaml::Value>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct Spec {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub tier: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub priority: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub subject: Option<Subject>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub ingress: Option<Vec<IngressRule>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub egress: Option<Vec<EgressRule>>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct Subject {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub namespaces: Option<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pods: Option<NamespacedPod>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct NamespacedPod {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub namespace_selector: Option<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pod_selector: Option<LabelSelector>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct IngressRule {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub action: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub from: Option<Vec<IngressPeer>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub protocols: Option<Vec<ProtocolMatch>>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct EgressRule {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub action: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub to: Option<Vec<EgressPeer>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub protocols: Option<Vec<ProtocolMatch>>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct IngressPeer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub namespaces: Option<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pods: Option<NamespacedPod>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct EgressPeer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub namespaces: Option<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pods: Option<NamespacedPod>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub nodes: Option<LabelSelector>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub networks: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub domain_names: Option<Vec<String>>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct ProtocolMatch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub tcp: Option<ProtocolPort>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub udp: Option<ProtocolPort>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub sctp: Option<ProtocolPort>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub destination_named_port: Option<String>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct ProtocolPort {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub destination_port: Option<Port>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct Port {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub number: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub range: Option<PortRange>,
     }
 
-    #[derive(Clone, Debug, Default, Deserialize)]
+    #[derive(Clone, Debug, Default, Deserialize, Serialize)]
     #[serde(rename_all = "camelCase")]
     pub struct PortRange {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub start: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub end: Option<i64>,
+    }
+
+    impl k8s_openapi::Resource for ClusterNetworkPolicy {
+        const API_VERSION: &'static str = "policy.networking.k8s.io/v1alpha2";
+        const GROUP: &'static str = "policy.networking.k8s.io";
+        const KIND: &'static str = "ClusterNetworkPolicy";
+        const VERSION: &'static str = "v1alpha2";
+        const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
+        type Scope = k8s_openapi::ClusterResourceScope;
+    }
+
+    impl k8s_openapi::Metadata for ClusterNetworkPolicy {
+        type Ty = ObjectMeta;
+
+        fn metadata(&self) -> &ObjectMeta {
+            &self.metadata
+        }
+
+        fn metadata_mut(&mut self) -> &mut ObjectMeta {
+            &mut self.metadata
+        }
     }
 }
 
