@@ -660,12 +660,15 @@ mod cluster_policies {
     ];
     const APPS: [&str; 6] = ["frontend", "api", "db", "cache", "worker", "orders"];
 
+    /// Namespaces by team (a tenth of them), env (a third), both, or every
+    /// namespace but the system ones (rarely: such peers decide most flows).
     fn ns_sel(rng: &mut Rng) -> serde_json::Value {
-        match rng.below(4) {
-            0 => json!({"matchLabels": {"team": TEAMS[rng.below(TEAMS.len())]}}),
-            1 => json!({"matchLabels": {"env": (["prod", "staging", "dev"][rng.below(3)])}}),
-            2 => json!({"matchExpressions": [{"key": "purpose", "operator": "DoesNotExist"}]}),
-            _ => json!({}),
+        match rng.below(10) {
+            0..4 => json!({"matchLabels": {"team": TEAMS[rng.below(TEAMS.len())]}}),
+            4..7 => json!({"matchLabels": {"env": (["prod", "staging", "dev"][rng.below(3)])}}),
+            7..9 => json!({"matchLabels": {"team": TEAMS[rng.below(TEAMS.len())],
+                                           "env": (["prod", "staging", "dev"][rng.below(3)])}}),
+            _ => json!({"matchExpressions": [{"key": "purpose", "operator": "DoesNotExist"}]}),
         }
     }
 
