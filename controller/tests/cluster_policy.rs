@@ -1242,3 +1242,96 @@ fn incremental_pod_updates_follow_subjects_and_peers() {
     ));
     assert!(!d.allowed());
 }
+
+/// `deploy/crds/clusternetworkpolicies.yaml` (written for netward after the upstream
+/// CRD) has the shape the decoder reads: the same fields at every level, the tier and
+/// action enums, the priority bounds. A field in one and not the other would be an
+/// object the API server accepts and netward rejects (or the reverse).
+#[test]
+fn the_bundled_crd_matches_the_decoder() {
+    use std::collections::BTreeSet;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/crds/clusternetworkpolicies.yaml");
+    let crd: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(crd["spec"]["group"], "policy.networking.k8s.io");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha2");
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let keys = |v: &serde_yaml::Value| -> BTreeSet<String> {
+        v["properties"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let set = |xs: &[&str]| -> BTreeSet<String> { xs.iter().map(|s| (*s).to_owned()).collect() };
+    assert_eq!(
+        keys(spec),
+        set(&["tier", "priority", "subject", "ingress", "egress"])
+    );
+    assert_eq!(spec["properties"]["priority"]["minimum"], 0);
+    assert_eq!(spec["properties"]["priority"]["maximum"], 1000);
+    assert_eq!(
+        spec["properties"]["tier"]["enum"],
+        serde_yaml::to_value(["Admin", "Baseline"]).unwrap()
+    );
+    assert_eq!(
+        keys(&spec["properties"]["subject"]),
+        set(&["namespaces", "pods"])
+    );
+    let ingress = &spec["properties"]["ingress"]["items"];
+    let egress = &spec["properties"]["egress"]["items"];
+    assert_eq!(keys(ingress), set(&["name", "action", "from", "protocols"]));
+    assert_eq!(keys(egress), set(&["name", "action", "to", "protocols"]));
+    assert_eq!(
+        ingress["properties"]["action"]["enum"],
+        serde_yaml::to_value(["Accept", "Deny", "Pass"]).unwrap()
+    );
+    assert_eq!(
+        keys(&ingress["properties"]["from"]["items"]),
+        set(&["namespaces", "pods"])
+    );
+    assert_eq!(
+        keys(&egress["properties"]["to"]["items"]),
+        set(&["namespaces", "pods", "nodes", "networks", "domainNames"])
+    );
+    let protocol = &ingress["properties"]["protocols"]["items"];
+    assert_eq!(
+        keys(protocol),
+        set(&["tcp", "udp", "sctp", "destinationNamedPort"])
+    );
+    let port = &protocol["properties"]["tcp"]["properties"]["destinationPort"];
+    assert_eq!(keys(port), set(&["number", "range"]));
+    assert_eq!(keys(&port["properties"]["range"]), set(&["start", "end"]));
+    assert_eq!(
+        keys(&spec["properties"]["subject"]["properties"]["pods"]),
+        set(&["namespaceSelector", "podSelector"])
+    );
+    // Every field the CRD has, the decoder reads without an unknown-field error: an
+    // object using all of them (but domainNames) decodes cleanly and is valid.
+    let m = manifests(
+        r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: every-field}
+spec:
+  tier: Baseline
+  priority: 1000
+  subject: {pods: {namespaceSelector: {matchExpressions: [{key: a, operator: Exists}]}, podSelector: {matchLabels: {a: b}}}}
+  ingress:
+  - name: r
+    action: Pass
+    from: [{namespaces: {}}, {pods: {podSelector: {}}}]
+    protocols: [{tcp: {destinationPort: {number: 1}}}, {udp: {destinationPort: {range: {start: 1, end: 2}}}}, {sctp: {destinationPort: {number: 3}}}, {destinationNamedPort: web}]
+  egress:
+  - action: Accept
+    to: [{nodes: {matchLabels: {a: b}}}, {networks: ["198.18.0.0/15"]}]
+status: {conditions: []}
+"#,
+    );
+    assert!(m.errors.is_empty(), "{:#?}", m.errors);
+    assert_eq!(m.cluster.cluster_policies.len(), 1);
+}
