@@ -455,6 +455,8 @@ fn cluster_policy_denials_are_audited_labelled_and_reviewed() {
     let mut nw = lab.start_netward(
         0,
         &[
+            "--debug-addr",
+            "127.0.0.1:15022",
             "--audit-log",
             log.to_str().unwrap(),
             "--audit-deny-window-secs",
@@ -514,6 +516,17 @@ fn cluster_policy_denials_are_audited_labelled_and_reviewed() {
         ) >= 1.0,
         "{metrics}"
     );
+
+    let (_, dump) = admin_get(&lab, "/debug/snapshot");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = dump["cluster_policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["block-metadata", "default-deny-ingress"], "{dump}");
+    assert_eq!(dump["cluster_policies"][1]["tier"], "Baseline");
 
     let bin = netward_e2e::netward_bin();
     let out = std::process::Command::new(&bin)
