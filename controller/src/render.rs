@@ -287,6 +287,9 @@ pub struct ClusterPolicyReport {
     /// Its validation errors: an invalid one denies everything its subject selects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid: Vec<String>,
+    /// Set when evaluation never reached it, e.g. `not reached: the Admin tier decided`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// Every rule for this direction, in order.
     pub rules: Vec<RuleReport>,
 }
@@ -351,18 +354,47 @@ impl TraceReport {
                 Direction::Ingress => to.to_owned(),
             });
             let peer = if dir == Direction::Ingress { from } else { to };
+            // Which tiers evaluation reached: the Admin tier's decision ends it; an
+            // enforcing NetworkPolicy ends it before the Baseline tier.
+            let admin = side
+                .cluster_policy
+                .as_ref()
+                .filter(|c| c.tier == Tier::Admin);
+            let np_decides = traces.iter().any(|t| t.mode == Mode::Enforce);
+            let mut policies: Vec<PolicyReport> = traces
+                .iter()
+                .map(|t| policy_report(snap, dir, t, flow, &what, peer))
+                .collect();
+            if admin.is_some() {
+                for p in &mut policies {
+                    p.note = Some("not reached: the Admin tier decided".to_owned());
+                }
+            }
+            let mut cluster_policies: Vec<ClusterPolicyReport> = ctraces
+                .iter()
+                .map(|t| cluster_policy_report(snap, dir, t, flow, &what, peer))
+                .collect();
+            for c in &mut cluster_policies {
+                c.note = match (c.tier, admin) {
+                    (Tier::Admin, Some(a)) if c.priority > a.priority => {
+                        Some("not reached: an Admin rule of a lower priority value decided".to_owned())
+                    }
+                    (Tier::Baseline, Some(_)) => {
+                        Some("not reached: the Admin tier decided".to_owned())
+                    }
+                    (Tier::Baseline, None) if np_decides => Some(
+                        "not reached: a NetworkPolicy isolates the pod, so the NetworkPolicy tier decided"
+                            .to_owned(),
+                    ),
+                    _ => None,
+                };
+            }
             SideTrace {
                 pod: side.pod.clone(),
                 result: side.result.clone(),
                 reason: side.describe(dir),
-                policies: traces
-                    .iter()
-                    .map(|t| policy_report(snap, dir, t, flow, &what, peer))
-                    .collect(),
-                cluster_policies: ctraces
-                    .iter()
-                    .map(|t| cluster_policy_report(snap, dir, t, flow, &what, peer))
-                    .collect(),
+                policies,
+                cluster_policies,
                 who,
             }
         };
@@ -511,6 +543,7 @@ fn cluster_policy_report(
         tier: p.tier,
         priority: p.priority,
         invalid: p.errors.iter().map(ToString::to_string).collect(),
+        note: None,
         rules,
     }
 }
@@ -669,6 +702,9 @@ impl ExplainReport {
                         "      INVALID, so it denies everything: {}",
                         c.invalid.join("; ")
                     );
+                }
+                if let Some(note) = &c.note {
+                    let _ = writeln!(out, "      {note}");
                 }
                 for r in &c.rules {
                     let name = r
