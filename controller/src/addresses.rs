@@ -170,6 +170,11 @@ pub fn node_objects(cluster: &Cluster) -> Vec<Node> {
         .map(|(i, name)| {
             let (v4, v6) = node_ips(i + 1);
             Node {
+                labels: cluster
+                    .nodes
+                    .get(&name)
+                    .map(|n| n.labels.clone())
+                    .unwrap_or_default(),
                 name,
                 ips: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
                 pod_cidrs: node_pod_cidrs(i + 1).to_vec(),

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cluster_policy::ClusterNetworkPolicy;
 use crate::model::{Namespace, NetworkPolicy, Node, Pod, Service};
 
 /// `(namespace, name)`.
@@ -21,6 +22,8 @@ pub struct Cluster {
     pub services: BTreeMap<ObjectKey, Service>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, Node>,
+    /// ClusterNetworkPolicies by name (cluster-scoped).
+    pub cluster_policies: BTreeMap<String, ClusterNetworkPolicy>,
 }
 
 impl Cluster {
@@ -53,6 +56,18 @@ impl Cluster {
     /// Adds or replaces a node.
     pub fn upsert_node(&mut self, node: Node) {
         self.nodes.insert(node.name.clone(), node);
+    }
+
+    /// Adds or replaces a ClusterNetworkPolicy.
+    pub fn upsert_cluster_policy(&mut self, policy: ClusterNetworkPolicy) {
+        self.cluster_policies.insert(policy.name.clone(), policy);
+    }
+
+    /// ClusterNetworkPolicies that failed validation (they deny what their subject selects).
+    pub fn invalid_cluster_policies(&self) -> impl Iterator<Item = &ClusterNetworkPolicy> {
+        self.cluster_policies
+            .values()
+            .filter(|p| !p.errors.is_empty())
     }
 
     fn ensure_namespace(&mut self, name: &str) {

@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::cluster_policy::{Action, ClusterPort, Tier};
 use crate::model::{Direction, Mode, PortSpec, Protocol};
-use crate::snapshot::{CompiledRule, Isolation, PodId, PolicyId, Snapshot};
+use crate::snapshot::{
+    ClusterPolicyId, CompiledClusterPolicy, CompiledClusterRule, CompiledRule, Isolation, PodId,
+    PolicyId, Snapshot,
+};
 
 /// One end of a connection: an IP, the pod behind it, or both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -97,12 +101,30 @@ pub enum Side {
     /// The destination's namespace is `netward.io/mtls: strict` and this connection
     /// comes from another node in clear: only the tunnel may carry it.
     PlaintextUnderStrictMtls,
+    /// A ClusterNetworkPolicy rule with action Accept decided (Admin tier, or Baseline
+    /// tier for a pod no NetworkPolicy isolates).
+    ClusterAccepted {
+        /// The ClusterNetworkPolicy (its tier and name are in the snapshot).
+        policy: ClusterPolicyId,
+        /// The rule's index in its `ingress` or `egress` list.
+        rule: usize,
+    },
+    /// A ClusterNetworkPolicy rule with action Deny decided.
+    ClusterDenied {
+        /// The ClusterNetworkPolicy.
+        policy: ClusterPolicyId,
+        /// The rule's index in its `ingress` or `egress` list.
+        rule: usize,
+    },
 }
 
 impl Side {
     /// Whether this side lets the connection through.
     pub fn allows(&self) -> bool {
-        !matches!(self, Side::Denied { .. } | Side::PlaintextUnderStrictMtls)
+        !matches!(
+            self,
+            Side::Denied { .. } | Side::PlaintextUnderStrictMtls | Side::ClusterDenied { .. }
+        )
     }
 }
 
@@ -179,6 +201,15 @@ pub struct PolicyTrace {
     pub rules: Vec<RuleTrace>,
 }
 
+/// How one ClusterNetworkPolicy's rules for a direction compared with a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPolicyTrace {
+    /// The policy.
+    pub policy: ClusterPolicyId,
+    /// Every rule of the policy for this direction.
+    pub rules: Vec<RuleTrace>,
+}
+
 /// The verdict with the evaluation behind it, for `explain`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Explanation {
@@ -188,6 +219,11 @@ pub struct Explanation {
     pub egress: Vec<PolicyTrace>,
     /// The policies isolating the destination pod for ingress, with each rule's result.
     pub ingress: Vec<PolicyTrace>,
+    /// The ClusterNetworkPolicies whose subject is the source pod (egress), in evaluation
+    /// order, with each rule's result.
+    pub cluster_egress: Vec<ClusterPolicyTrace>,
+    /// The ClusterNetworkPolicies whose subject is the destination pod (ingress).
+    pub cluster_ingress: Vec<ClusterPolicyTrace>,
 }
 
 /// A reachability matrix over pods, for one protocol and port.
@@ -288,21 +324,27 @@ impl Snapshot {
         let decision = self.authorize(flow);
         let mut egress = Vec::new();
         let mut ingress = Vec::new();
+        let mut cluster_egress = Vec::new();
+        let mut cluster_ingress = Vec::new();
         if !self.is_self(flow) {
             if let Some(src) = flow.src.pod {
                 let _ = self.side(src, Direction::Egress, &flow.dst, flow, Some(&mut egress));
+                cluster_egress = self.cluster_trace(src, Direction::Egress, &flow.dst, flow);
             }
             if let Some(dst) = flow.dst.pod
                 && !self.is_from_own_node(dst, &flow.src)
                 && !self.is_plaintext_under_strict(dst, flow)
             {
                 let _ = self.side(dst, Direction::Ingress, &flow.src, flow, Some(&mut ingress));
+                cluster_ingress = self.cluster_trace(dst, Direction::Ingress, &flow.src, flow);
             }
         }
         Explanation {
             decision,
             egress,
             ingress,
+            cluster_egress,
+            cluster_ingress,
         }
     }
 
@@ -368,13 +410,18 @@ impl Snapshot {
     }
 
     /// Evaluates one side. `subject` is the pod whose policies apply; `peer` the other end.
+    ///
+    /// The tiers, as the network-policy-api defines them: the Admin tier's
+    /// ClusterNetworkPolicies by priority (Accept and Deny are final, Pass skips the rest
+    /// of the tier), then NetworkPolicy (final for a pod it isolates), then the Baseline
+    /// tier (Accept and Deny final; Pass, or no match, leaves the default: allowed).
     fn side(
         &self,
         subject: PodId,
         dir: Direction,
         peer: &Endpoint,
         flow: &Flow,
-        mut trace: Option<&mut Vec<PolicyTrace>>,
+        trace: Option<&mut Vec<PolicyTrace>>,
     ) -> Side {
         let entry = &self.pods[subject.0 as usize];
         let iso: &Isolation = match dir {
@@ -387,6 +434,156 @@ impl Snapshot {
             Direction::Ingress => Some(subject),
             Direction::Egress => peer.pod,
         };
+        if iso.cluster.is_empty() {
+            return self.network_policy_side(iso, dir, peer, flow, port_pod, trace);
+        }
+        let split = iso
+            .cluster
+            .partition_point(|id| self.cnp(*id).spec.tier == Tier::Admin);
+        let (admin, baseline) = iso.cluster.split_at(split);
+        let admin = match self.cluster_tier(admin, dir, peer, flow, port_pod) {
+            Some((policy, rule, Action::Accept)) => Some(Side::ClusterAccepted { policy, rule }),
+            Some((policy, rule, Action::Deny)) => Some(Side::ClusterDenied { policy, rule }),
+            Some((_, _, Action::Pass)) | None => None,
+        };
+        if let Some(decided) = admin {
+            if let Some(t) = trace {
+                // Shown by `explain`, not part of the verdict.
+                let _ = self.network_policy_side(iso, dir, peer, flow, port_pod, Some(t));
+            }
+            return decided;
+        }
+        let np = self.network_policy_side(iso, dir, peer, flow, port_pod, trace);
+        let np_final = !iso.enforce.is_empty();
+        if np_final {
+            return np;
+        }
+        // Not isolated, or isolated by audit-mode policies only (which enforce nothing):
+        // the Baseline tier decides what is enforced.
+        match self.cluster_tier(baseline, dir, peer, flow, port_pod) {
+            Some((policy, rule, Action::Deny)) => Side::ClusterDenied { policy, rule },
+            Some((policy, rule, Action::Accept)) if np == Side::NotIsolated => {
+                Side::ClusterAccepted { policy, rule }
+            }
+            _ => np,
+        }
+    }
+
+    fn cnp(&self, id: ClusterPolicyId) -> &CompiledClusterPolicy {
+        &self.cluster_policies[id.0 as usize]
+    }
+
+    /// The deciding (policy, rule, action) of one tier: the first priority level with a
+    /// matching rule decides; within one policy the first matching rule counts; between
+    /// policies tied on priority the most restrictive action wins (Deny, then Pass, then
+    /// Accept), then the first by name. `ids` are in evaluation order.
+    fn cluster_tier(
+        &self,
+        ids: &[ClusterPolicyId],
+        dir: Direction,
+        peer: &Endpoint,
+        flow: &Flow,
+        port_pod: Option<PodId>,
+    ) -> Option<(ClusterPolicyId, usize, Action)> {
+        let mut best: Option<(ClusterPolicyId, usize, Action)> = None;
+        let mut level = None;
+        for &id in ids {
+            let cnp = self.cnp(id);
+            if level.is_some_and(|p| p != cnp.spec.priority) {
+                break;
+            }
+            let Some((rule, action)) = self.cluster_first_match(cnp, dir, peer, flow, port_pod)
+            else {
+                continue;
+            };
+            level = Some(cnp.spec.priority);
+            if best.is_none_or(|(_, _, a)| action.tie_rank() < a.tie_rank()) {
+                best = Some((id, rule, action));
+            }
+        }
+        best
+    }
+
+    /// The first rule of one ClusterNetworkPolicy (for a direction) that matches the flow.
+    fn cluster_first_match(
+        &self,
+        cnp: &CompiledClusterPolicy,
+        dir: Direction,
+        peer: &Endpoint,
+        flow: &Flow,
+        port_pod: Option<PodId>,
+    ) -> Option<(usize, Action)> {
+        let (rules, specs) = match dir {
+            Direction::Ingress => (cnp.ingress.as_deref()?, cnp.spec.ingress.as_deref()?),
+            Direction::Egress => (cnp.egress.as_deref()?, cnp.spec.egress.as_deref()?),
+        };
+        rules
+            .iter()
+            .zip(specs)
+            .position(|(r, spec)| {
+                cluster_peer_matches(r, peer)
+                    && cluster_ports_match(&spec.ports, flow, port_pod, self)
+            })
+            .map(|i| (i, specs[i].action))
+    }
+
+    /// Every ClusterNetworkPolicy rule of `subject` for a direction, compared with a flow.
+    fn cluster_trace(
+        &self,
+        subject: PodId,
+        dir: Direction,
+        peer: &Endpoint,
+        flow: &Flow,
+    ) -> Vec<ClusterPolicyTrace> {
+        let entry = &self.pods[subject.0 as usize];
+        let iso = match dir {
+            Direction::Ingress => &entry.ingress,
+            Direction::Egress => &entry.egress,
+        };
+        let port_pod = match dir {
+            Direction::Ingress => Some(subject),
+            Direction::Egress => peer.pod,
+        };
+        iso.cluster
+            .iter()
+            .map(|&id| {
+                let cnp = self.cnp(id);
+                let (rules, specs) = match dir {
+                    Direction::Ingress => (
+                        cnp.ingress.as_deref().map(Vec::as_slice),
+                        cnp.spec.ingress.as_deref(),
+                    ),
+                    Direction::Egress => (
+                        cnp.egress.as_deref().map(Vec::as_slice),
+                        cnp.spec.egress.as_deref(),
+                    ),
+                };
+                let rules = rules
+                    .unwrap_or_default()
+                    .iter()
+                    .zip(specs.unwrap_or_default())
+                    .enumerate()
+                    .map(|(index, (r, spec))| RuleTrace {
+                        index,
+                        peer_matches: cluster_peer_matches(r, peer),
+                        port_matches: cluster_ports_match(&spec.ports, flow, port_pod, self),
+                    })
+                    .collect();
+                ClusterPolicyTrace { policy: id, rules }
+            })
+            .collect()
+    }
+
+    /// The NetworkPolicy tier of one side, as before ClusterNetworkPolicy existed.
+    fn network_policy_side(
+        &self,
+        iso: &Isolation,
+        dir: Direction,
+        peer: &Endpoint,
+        flow: &Flow,
+        port_pod: Option<PodId>,
+        mut trace: Option<&mut Vec<PolicyTrace>>,
+    ) -> Side {
         // Enforcing policies decide. Audit policies only matter when none enforce:
         // they can never open what an enforcing policy closes.
         let eval = |ids: &[PolicyId], mode, trace: Option<&mut Vec<PolicyTrace>>| {
@@ -513,5 +710,53 @@ fn port_matches_flow(
                     .and_then(|id| snap.pod(id).named_port(name, flow.protocol))
                     .is_some_and(|p| p == flow.port),
             }
+    })
+}
+
+/// Whether a ClusterNetworkPolicy rule's peers match the other end.
+#[inline]
+fn cluster_peer_matches(rule: &CompiledClusterRule, peer: &Endpoint) -> bool {
+    rule.everything
+        || peer.pod.is_some_and(|id| rule.pods.contains(id))
+        || peer.ip.is_some_and(|ip| {
+            rule.networks.iter().any(|n| n.contains(&ip))
+                || rule.node_ips.binary_search(&ip).is_ok()
+        })
+}
+
+/// Whether a ClusterNetworkPolicy rule's `protocols` match the flow. No `protocols`:
+/// every protocol, ICMP included. A named port is the destination pod's container port of
+/// that name, in that port's protocol.
+#[inline]
+fn cluster_ports_match(
+    ports: &Option<Vec<ClusterPort>>,
+    flow: &Flow,
+    port_pod: Option<PodId>,
+    snap: &Snapshot,
+) -> bool {
+    let Some(ports) = ports else {
+        return true;
+    };
+    if !flow.protocol.has_ports() {
+        return false;
+    }
+    ports.iter().any(|p| match p {
+        ClusterPort::Protocol(pm) => {
+            pm.protocol == flow.protocol
+                && match &pm.port {
+                    PortSpec::Any => true,
+                    PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
+                    PortSpec::Named(name) => port_pod
+                        .and_then(|id| snap.pod(id).named_port(name, flow.protocol))
+                        .is_some_and(|n| n == flow.port),
+                }
+        }
+        ClusterPort::Named(name) => port_pod.is_some_and(|id| {
+            snap.pod(id).ports.iter().any(|c| {
+                c.name.as_deref() == Some(name.as_str())
+                    && c.protocol == flow.protocol
+                    && c.port == flow.port
+            })
+        }),
     })
 }

@@ -8,6 +8,7 @@
 pub mod addresses;
 pub mod backends;
 pub mod cluster;
+pub mod cluster_policy;
 pub mod engine;
 #[cfg(feature = "kube")]
 pub mod kube;
@@ -21,9 +22,10 @@ pub mod workloads;
 
 pub use backends::Backend;
 pub use cluster::Cluster;
+pub use cluster_policy::{Action, ClusterNetworkPolicy, Tier};
 pub use engine::{
     Decision, Endpoint, Exemption, Explanation, Flow, Matrix, Side, Transport, Verdict,
 };
 pub use load::Manifests;
 pub use model::{Direction, Mode, MtlsMode, Protocol};
-pub use snapshot::{PodId, PolicyId, Snapshot};
+pub use snapshot::{ClusterPolicyId, PodId, PolicyId, Snapshot};

@@ -17,6 +17,7 @@ use k8s_openapi::api::networking::v1 as net;
 use serde::Deserialize;
 
 use crate::cluster::Cluster;
+use crate::cluster_policy::{self, ClusterNetworkPolicy};
 use crate::model::{FieldError, Namespace, NetworkPolicy, Node, Pod, Service};
 use crate::strict;
 use crate::workloads::{Replicas, Workload, WorkloadKind};
@@ -79,6 +80,7 @@ pub const READ_KINDS: &[&str] = &[
     "Service",
     "Node",
     "NetworkPolicy",
+    "ClusterNetworkPolicy",
     "Deployment",
     "StatefulSet",
     "DaemonSet",
@@ -112,7 +114,21 @@ const SKIPPED_KINDS: &[&str] = &[
 
 /// The API groups whose kinds can be misspellings of the ones netward reads (a custom
 /// resource in its own group, `cilium.io/v2 CiliumNetworkPolicy`, never is).
-const READ_GROUPS: &[&str] = &["", "apps", "batch", "networking.k8s.io", "extensions"];
+const READ_GROUPS: &[&str] = &[
+    "",
+    "apps",
+    "batch",
+    "networking.k8s.io",
+    "extensions",
+    "policy.networking.k8s.io",
+];
+
+/// The network-policy-api group of ClusterNetworkPolicy.
+const CNP_GROUP: &str = "policy.networking.k8s.io";
+
+/// Kinds of the network-policy-api group that netward does not read: an error, never
+/// skipped, since skipping a policy someone expects enforced would fail open.
+const UNSUPPORTED_POLICY_KINDS: &[&str] = &["AdminNetworkPolicy", "BaselineAdminNetworkPolicy"];
 
 /// The kind netward reads that `kind` is most likely a misspelling of: equal but for
 /// case, a plural, or a small edit away. `None` for a kind it knowingly skips.
@@ -342,8 +358,26 @@ impl Manifests {
                     self.cluster.upsert_policy(policy);
                 }
             }
+            if kind == cluster_policy::KIND {
+                let policy = ClusterNetworkPolicy::unreadable(
+                    name,
+                    FieldError {
+                        field: "apiVersion".to_owned(),
+                        message: "missing apiVersion".to_owned(),
+                    },
+                );
+                if self.note_origin(
+                    path,
+                    doc,
+                    &object,
+                    format!("{}/{name}", cluster_policy::KIND),
+                ) {
+                    self.cluster.upsert_cluster_policy(policy);
+                }
+            }
             return;
         }
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         match kind.as_str() {
             k if k == "List"
                 || k.strip_suffix("List")
@@ -442,21 +476,53 @@ impl Manifests {
                 }
                 self.cluster.upsert_policy(policy);
             }
+            cluster_policy::KIND if group == CNP_GROUP => {
+                let name = name.to_owned();
+                let (policy, reported) = match self
+                    .typed::<cluster_policy::api::ClusterNetworkPolicy>(path, doc, &object, value)
+                {
+                    Ok(obj) => (ClusterNetworkPolicy::from_api(&obj), false),
+                    // Undecodable, or with unknown fields: deny what it may cover (fail
+                    // closed). `typed` recorded the errors.
+                    Err(first) => (ClusterNetworkPolicy::unreadable(&name, first), true),
+                };
+                if !self.note_origin(
+                    path,
+                    doc,
+                    &object,
+                    format!("{}/{}", cluster_policy::KIND, policy.name),
+                ) {
+                    return;
+                }
+                if !reported {
+                    self.object_errors(path, doc, &object, policy.errors.to_vec());
+                }
+                self.cluster.upsert_cluster_policy(policy);
+            }
+            k if group == CNP_GROUP && UNSUPPORTED_POLICY_KINDS.contains(&k) => {
+                self.errors.push(object_err(
+                    "kind",
+                    format!(
+                        "{k} ({api_version}) is not supported: netward reads {} {}, the \
+                         network-policy-api's successor of AdminNetworkPolicy and \
+                         BaselineAdminNetworkPolicy (tier Admin or Baseline)",
+                        cluster_policy::API_VERSION,
+                        cluster_policy::KIND
+                    ),
+                ));
+            }
             k if WorkloadKind::parse(k).is_some() => self.read_workload(path, doc, &object, value),
             "" => self
                 .errors
                 .push(object_err("kind", "missing kind".to_owned())),
-            other => {
-                let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-                match near_kind(other).filter(|_| READ_GROUPS.contains(&group)) {
-                    Some(meant) => self.misspelled_kind(path, doc, other, meant, ns, name),
-                    None => self.ignored.push(format!(
-                        "{}: {other} {}",
-                        path.display(),
-                        object.trim_start_matches(other).trim()
-                    )),
-                }
-            }
+            other => match near_kind(other).filter(|_| READ_GROUPS.contains(&group)) {
+                Some(meant) => self.misspelled_kind(path, doc, other, meant, ns, name),
+                None => self.ignored.push(format!(
+                    "{}: {other} {}",
+                    path.display(),
+                    object.trim_start_matches(other).trim()
+                )),
+            },
         }
     }
 
@@ -476,7 +542,8 @@ impl Manifests {
             message: format!("unknown kind {kind:?}: did you mean {meant:?}?"),
         };
         let ns = if ns.is_empty() { "default" } else { ns };
-        let cluster_scoped = meant == "Namespace" || meant == "Node";
+        let cluster_scoped =
+            meant == "Namespace" || meant == "Node" || meant == cluster_policy::KIND;
         let object = if cluster_scoped {
             format!("{meant} {name}")
         } else {
@@ -487,6 +554,13 @@ impl Manifests {
             if self.note_origin(path, doc, &object, key) {
                 self.cluster
                     .upsert_policy(NetworkPolicy::unreadable(ns, name, error.clone()));
+            }
+        }
+        if meant == cluster_policy::KIND {
+            let key = format!("{meant}/{name}");
+            if self.note_origin(path, doc, &object, key) {
+                self.cluster
+                    .upsert_cluster_policy(ClusterNetworkPolicy::unreadable(name, error.clone()));
             }
         }
         self.errors.push(Error::Object {

@@ -734,6 +734,8 @@ impl Pod {
 pub struct Node {
     /// Node name.
     pub name: String,
+    /// Its labels (ClusterNetworkPolicy `nodes` peers select by them).
+    pub labels: Labels,
     /// Its InternalIP / ExternalIP addresses.
     pub ips: Vec<IpAddr>,
     /// The ranges its pods get addresses from (`spec.podCIDRs`, else `spec.podCIDR`),
@@ -749,6 +751,11 @@ impl Node {
         let name = node.metadata.name.clone().unwrap_or_default();
         if name.is_empty() {
             errs.push("metadata.name", "a Node needs a name");
+        }
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        for (k, v) in &labels {
+            check_label_key(k, "metadata.labels", &mut errs);
+            check_label_value(v, &format!("metadata.labels[{k}]"), &mut errs);
         }
         let mut ips = Vec::new();
         let addrs = node.status.as_ref().and_then(|s| s.addresses.as_ref());
@@ -787,6 +794,7 @@ impl Node {
         if errs.0.is_empty() {
             Ok(Node {
                 name,
+                labels,
                 ips,
                 pod_cidrs,
             })

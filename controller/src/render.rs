@@ -7,11 +7,13 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::cluster_policy::{Action, ClusterRule, Tier};
 use crate::engine::{
-    Decision, Endpoint, Explanation, Flow, Matrix, PolicyTrace, Side, Transport, Verdict,
+    ClusterPolicyTrace, Decision, Endpoint, Explanation, Flow, Matrix, PolicyTrace, Side,
+    Transport, Verdict,
 };
 use crate::model::{Direction, Mode, Protocol};
-use crate::snapshot::{PodId, PolicyId, Snapshot};
+use crate::snapshot::{ClusterPolicyId, PodId, PolicyId, Snapshot};
 
 /// A reference to the rule that allowed a side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -20,6 +22,65 @@ pub struct RuleRef {
     pub policy: String,
     /// Index in its `ingress` or `egress` list.
     pub rule: usize,
+}
+
+/// The ClusterNetworkPolicy rule that decided a side (Accept or Deny).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ClusterRuleRef {
+    /// `Admin` or `Baseline`.
+    pub tier: Tier,
+    /// The ClusterNetworkPolicy's name.
+    pub policy: String,
+    /// Its priority in its tier.
+    pub priority: u16,
+    /// The rule's index in its `ingress` or `egress` list.
+    pub rule: usize,
+    /// The rule's `name`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_name: Option<String>,
+    /// `Accept` or `Deny`.
+    pub action: Action,
+}
+
+impl ClusterRuleRef {
+    /// Names a ClusterNetworkPolicy rule that decided with `action`; the rule's name is
+    /// looked up when the direction is known.
+    pub fn new(
+        snap: &Snapshot,
+        id: ClusterPolicyId,
+        dir: Option<Direction>,
+        rule: usize,
+        action: Action,
+    ) -> ClusterRuleRef {
+        let p = snap.cluster_policy(id);
+        let spec = dir.and_then(|d| p.rules(d)).and_then(|r| r.get(rule));
+        ClusterRuleRef {
+            tier: p.tier,
+            policy: p.name.clone(),
+            priority: p.priority,
+            rule,
+            rule_name: spec.and_then(|r| r.name.clone()),
+            action,
+        }
+    }
+
+    /// `ClusterNetworkPolicy/NAME`, how the audit summary and metrics label it.
+    pub fn key(&self) -> String {
+        format!("ClusterNetworkPolicy/{}", self.policy)
+    }
+
+    /// `ClusterNetworkPolicy block-metadata (Admin tier, priority 0) egress[0] "deny-metadata"`.
+    pub fn describe(&self, dir: Direction) -> String {
+        let name = self
+            .rule_name
+            .as_deref()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
+        format!(
+            "ClusterNetworkPolicy {} ({} tier, priority {}) {dir}[{}]{name}",
+            self.policy, self.tier, self.priority, self.rule
+        )
+    }
 }
 
 /// One side of a decision, with names.
@@ -40,11 +101,26 @@ pub struct SideReport {
     /// Why it is exempt (`exempt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exemption: Option<crate::engine::Exemption>,
+    /// The ClusterNetworkPolicy rule that decided it (`allowed` by an Accept, `denied` by
+    /// a Deny); absent when a NetworkPolicy or the default decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_policy: Option<ClusterRuleRef>,
 }
 
 impl SideReport {
     /// Names a side of a decision. `pod` is the endpoint this side is about.
     pub fn new(snap: &Snapshot, side: &Side, pod: Option<crate::snapshot::PodId>) -> SideReport {
+        SideReport::for_direction(snap, side, pod, None)
+    }
+
+    /// As [`SideReport::new`], knowing the direction, so that a ClusterNetworkPolicy
+    /// rule's name can be looked up (the decision's sides: egress, then ingress).
+    pub fn for_direction(
+        snap: &Snapshot,
+        side: &Side,
+        pod: Option<crate::snapshot::PodId>,
+        dir: Option<Direction>,
+    ) -> SideReport {
         let names = |ids: &[PolicyId]| ids.iter().map(|id| snap.policy(*id).key()).collect();
         let mut r = SideReport {
             result: String::new(),
@@ -52,6 +128,7 @@ impl SideReport {
             allowed_by: None,
             isolated_by: Vec::new(),
             exemption: None,
+            cluster_policy: None,
         };
         match side {
             Side::NotPod => r.result = "not-pod".to_owned(),
@@ -78,12 +155,33 @@ impl SideReport {
                 r.isolated_by = names(isolated_by);
             }
             Side::PlaintextUnderStrictMtls => r.result = "plaintext-under-strict-mtls".to_owned(),
+            Side::ClusterAccepted { policy, rule } => {
+                r.result = "allowed".to_owned();
+                r.cluster_policy = Some(ClusterRuleRef::new(
+                    snap,
+                    *policy,
+                    dir,
+                    *rule,
+                    Action::Accept,
+                ));
+            }
+            Side::ClusterDenied { policy, rule } => {
+                r.result = "denied".to_owned();
+                r.cluster_policy =
+                    Some(ClusterRuleRef::new(snap, *policy, dir, *rule, Action::Deny));
+            }
         }
         r
     }
 
     /// One line for humans, e.g. `denied: isolated by ns/a, ns/b; no rule allows it`.
     pub fn describe(&self, dir: Direction) -> String {
+        if let Some(c) = &self.cluster_policy {
+            return match self.result.as_str() {
+                "allowed" => format!("allowed by {} (Accept)", c.describe(dir)),
+                _ => format!("denied by {} (Deny)", c.describe(dir)),
+            };
+        }
         match self.result.as_str() {
             "not-pod" => "not enforced: this end is not a pod".to_owned(),
             "not-isolated" => format!("allowed: no NetworkPolicy selects this pod for {dir}"),
@@ -135,8 +233,18 @@ impl DecisionReport {
     pub fn new(snap: &Snapshot, flow: &Flow, d: &Decision) -> DecisionReport {
         DecisionReport {
             verdict: d.verdict(),
-            egress: SideReport::new(snap, &d.egress, flow.src.pod),
-            ingress: SideReport::new(snap, &d.ingress, flow.dst.pod),
+            egress: SideReport::for_direction(
+                snap,
+                &d.egress,
+                flow.src.pod,
+                Some(Direction::Egress),
+            ),
+            ingress: SideReport::for_direction(
+                snap,
+                &d.ingress,
+                flow.dst.pod,
+                Some(Direction::Ingress),
+            ),
         }
     }
 }
@@ -158,6 +266,32 @@ pub struct RuleReport {
     pub matches: bool,
     /// `MATCH`, or why not, e.g. `no match: TCP/5432 is not in UDP/53, TCP/53`.
     pub why: String,
+    /// A ClusterNetworkPolicy rule's `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A ClusterNetworkPolicy rule's action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+/// One ClusterNetworkPolicy whose subject is a side's pod, with each of its rules for
+/// that direction, in evaluation order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterPolicyReport {
+    /// Its name.
+    pub policy: String,
+    /// `Admin` or `Baseline`.
+    pub tier: Tier,
+    /// Its priority in its tier.
+    pub priority: u16,
+    /// Its validation errors: an invalid one denies everything its subject selects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<String>,
+    /// Set when evaluation never reached it, e.g. `not reached: the Admin tier decided`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Every rule for this direction, in order.
+    pub rules: Vec<RuleReport>,
 }
 
 /// One policy that isolates a side, with each of its rules for that direction.
@@ -191,6 +325,10 @@ pub struct SideTrace {
     pub reason: String,
     /// The policies that isolate the pod in this direction, enforcing ones first.
     pub policies: Vec<PolicyReport>,
+    /// The ClusterNetworkPolicies whose subject the pod is for this direction, in
+    /// evaluation order (Admin tier, then Baseline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_policies: Vec<ClusterPolicyReport>,
 }
 
 /// Both sides of an explanation, as `explain` prints them: the JSON `trace`.
@@ -207,26 +345,72 @@ impl TraceReport {
     pub fn new(snap: &Snapshot, from: &str, to: &str, flow: &Flow, e: &Explanation) -> TraceReport {
         let report = DecisionReport::new(snap, flow, &e.decision);
         let what = flow_label(flow.protocol, flow.port);
-        let side = |dir: Direction, side: &SideReport, traces: &[PolicyTrace]| {
+        let side = |dir: Direction,
+                    side: &SideReport,
+                    traces: &[PolicyTrace],
+                    ctraces: &[ClusterPolicyTrace]| {
             let who = side.pod.clone().unwrap_or_else(|| match dir {
                 Direction::Egress => from.to_owned(),
                 Direction::Ingress => to.to_owned(),
             });
             let peer = if dir == Direction::Ingress { from } else { to };
+            // Which tiers evaluation reached: the Admin tier's decision ends it; an
+            // enforcing NetworkPolicy ends it before the Baseline tier.
+            let admin = side
+                .cluster_policy
+                .as_ref()
+                .filter(|c| c.tier == Tier::Admin);
+            let np_decides = traces.iter().any(|t| t.mode == Mode::Enforce);
+            let mut policies: Vec<PolicyReport> = traces
+                .iter()
+                .map(|t| policy_report(snap, dir, t, flow, &what, peer))
+                .collect();
+            if admin.is_some() {
+                for p in &mut policies {
+                    p.note = Some("not reached: the Admin tier decided".to_owned());
+                }
+            }
+            let mut cluster_policies: Vec<ClusterPolicyReport> = ctraces
+                .iter()
+                .map(|t| cluster_policy_report(snap, dir, t, flow, &what, peer))
+                .collect();
+            for c in &mut cluster_policies {
+                c.note = match (c.tier, admin) {
+                    (Tier::Admin, Some(a)) if c.priority > a.priority => {
+                        Some("not reached: an Admin rule of a lower priority value decided".to_owned())
+                    }
+                    (Tier::Baseline, Some(_)) => {
+                        Some("not reached: the Admin tier decided".to_owned())
+                    }
+                    (Tier::Baseline, None) if np_decides => Some(
+                        "not reached: a NetworkPolicy isolates the pod, so the NetworkPolicy tier decided"
+                            .to_owned(),
+                    ),
+                    _ => None,
+                };
+            }
             SideTrace {
                 pod: side.pod.clone(),
                 result: side.result.clone(),
                 reason: side.describe(dir),
-                policies: traces
-                    .iter()
-                    .map(|t| policy_report(snap, dir, t, flow, &what, peer))
-                    .collect(),
+                policies,
+                cluster_policies,
                 who,
             }
         };
         TraceReport {
-            egress: side(Direction::Egress, &report.egress, &e.egress),
-            ingress: side(Direction::Ingress, &report.ingress, &e.ingress),
+            egress: side(
+                Direction::Egress,
+                &report.egress,
+                &e.egress,
+                &e.cluster_egress,
+            ),
+            ingress: side(
+                Direction::Ingress,
+                &report.ingress,
+                &e.ingress,
+                &e.cluster_ingress,
+            ),
         }
     }
 }
@@ -271,6 +455,8 @@ fn policy_report(
                 port_matches: r.port_matches,
                 matches: r.peer_matches && r.port_matches,
                 why,
+                name: None,
+                action: None,
             })
         })
         .collect();
@@ -280,6 +466,84 @@ fn policy_report(
         invalid: p.errors.iter().map(|e| e.to_string()).collect(),
         note: (t.rules.is_empty() && p.errors.is_empty())
             .then(|| format!("no {dir} rules: denies all {dir}")),
+        rules,
+    }
+}
+
+fn why(
+    peer_matches: bool,
+    port_matches: bool,
+    flow: &Flow,
+    what: &str,
+    peer: &str,
+    ports: &str,
+) -> String {
+    match (peer_matches, port_matches) {
+        (true, true) => "MATCH".to_owned(),
+        (false, true) => format!("no match: {peer} is none of these peers"),
+        (true, false) if !flow.protocol.has_ports() => {
+            format!("no match: a rule with ports never matches {what}")
+        }
+        (true, false) => format!("no match: {what} is not in {ports}"),
+        (false, false) => "no match: neither peer nor port".to_owned(),
+    }
+}
+
+fn cluster_policy_report(
+    snap: &Snapshot,
+    dir: Direction,
+    t: &ClusterPolicyTrace,
+    flow: &Flow,
+    what: &str,
+    peer: &str,
+) -> ClusterPolicyReport {
+    let p = snap.cluster_policy(t.policy);
+    let specs: &[ClusterRule] = p.rules(dir).unwrap_or_default();
+    let rules = t
+        .rules
+        .iter()
+        .filter_map(|r| {
+            let spec = specs.get(r.index)?;
+            let ports = match &spec.ports {
+                None => "any port".to_owned(),
+                Some(ps) => ps
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            let peers = spec
+                .peers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            Some(RuleReport {
+                index: r.index,
+                peers: format!(
+                    "{} [{peers}]",
+                    if dir == Direction::Ingress {
+                        "from"
+                    } else {
+                        "to"
+                    }
+                ),
+                why: why(r.peer_matches, r.port_matches, flow, what, peer, &ports),
+                ports,
+                peer_matches: r.peer_matches,
+                port_matches: r.port_matches,
+                matches: r.peer_matches && r.port_matches,
+                name: spec.name.clone(),
+                action: Some(spec.action),
+            })
+        })
+        .collect();
+    ClusterPolicyReport {
+        policy: p.name.clone(),
+        tier: p.tier,
+        priority: p.priority,
+        invalid: p.errors.iter().map(ToString::to_string).collect(),
+        note: None,
         rules,
     }
 }
@@ -426,6 +690,36 @@ impl ExplainReport {
         ] {
             let who = &side.who;
             let _ = writeln!(out, "  {dir} ({who}): {}", side.reason);
+            for c in &side.cluster_policies {
+                let _ = writeln!(
+                    out,
+                    "    ClusterNetworkPolicy {} [{} tier, priority {}] selects {who} for {dir}",
+                    c.policy, c.tier, c.priority
+                );
+                if !c.invalid.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "      INVALID, so it denies everything: {}",
+                        c.invalid.join("; ")
+                    );
+                }
+                if let Some(note) = &c.note {
+                    let _ = writeln!(out, "      {note}");
+                }
+                for r in &c.rules {
+                    let name = r
+                        .name
+                        .as_deref()
+                        .map(|n| format!(" {n:?}"))
+                        .unwrap_or_default();
+                    let action = r.action.map(Action::as_str).unwrap_or("?");
+                    let _ = writeln!(
+                        out,
+                        "      {dir}[{}]{name} {action} {} on {}: {}",
+                        r.index, r.peers, r.ports, r.why
+                    );
+                }
+            }
             for p in &side.policies {
                 let mode = if p.mode == Mode::Audit {
                     " [audit mode]"
@@ -939,6 +1233,16 @@ pub fn matrix_reasons(snap: &Snapshot, pods: &[PodId], decisions: &[Vec<Decision
                     )),
                     Side::PlaintextUnderStrictMtls => parts.push(format!(
                         "{dir} denied (plaintext under netward.io/mtls=strict)"
+                    )),
+                    Side::ClusterAccepted { policy, rule } => parts.push(format!(
+                        "{dir} allowed by {}",
+                        ClusterRuleRef::new(snap, *policy, Some(dir), *rule, Action::Accept)
+                            .describe(dir)
+                    )),
+                    Side::ClusterDenied { policy, rule } => parts.push(format!(
+                        "{dir} denied by {}",
+                        ClusterRuleRef::new(snap, *policy, Some(dir), *rule, Action::Deny)
+                            .describe(dir)
                     )),
                     Side::NotPod | Side::NotIsolated | Side::Exempt(_) => {}
                 }

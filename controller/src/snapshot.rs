@@ -19,6 +19,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 use crate::cluster::{Cluster, ObjectKey};
+use crate::cluster_policy::{ClusterNetworkPolicy, ClusterPeer, PodsIn};
 use crate::model::{
     IpBlock, Labels, Mode, Namespace, NamespaceScope, NetworkPolicy, Peer, Pod, Rule, Selector,
     Service,
@@ -31,6 +32,11 @@ pub struct PodId(pub(crate) u32);
 /// Index of a policy in a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyId(pub(crate) u32);
+
+/// Index of a ClusterNetworkPolicy in a snapshot. Ids follow evaluation order: the
+/// Admin tier, then the Baseline tier, each by priority, then by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClusterPolicyId(pub(crate) u32);
 
 /// A fixed-size bitset over pod ids. Bits beyond the end read as unset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,11 +104,34 @@ pub(crate) struct CompiledPolicy {
     pub(crate) egress: Option<Arc<Vec<CompiledRule>>>,
 }
 
-/// The policies that isolate a pod in one direction, split by mode.
+/// The policies that isolate a pod in one direction, split by mode, and the
+/// ClusterNetworkPolicies whose subject it is for that direction, in evaluation order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Isolation {
     pub(crate) enforce: Arc<[PolicyId]>,
     pub(crate) audit: Arc<[PolicyId]>,
+    pub(crate) cluster: Arc<[ClusterPolicyId]>,
+}
+
+/// A ClusterNetworkPolicy rule with its peers resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledClusterRule {
+    /// The live pods its `namespaces` and `pods` peers select.
+    pub(crate) pods: Arc<PodSet>,
+    /// Its `networks`.
+    pub(crate) networks: Arc<[IpNet]>,
+    /// The addresses of the nodes its `nodes` peers select, sorted.
+    pub(crate) node_ips: Arc<[IpAddr]>,
+    /// The fail-closed rule of an invalid policy: every peer.
+    pub(crate) everything: bool,
+}
+
+/// A ClusterNetworkPolicy with its rules resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledClusterPolicy {
+    pub(crate) spec: Arc<ClusterNetworkPolicy>,
+    pub(crate) ingress: Option<Arc<Vec<CompiledClusterRule>>>,
+    pub(crate) egress: Option<Arc<Vec<CompiledClusterRule>>>,
 }
 
 /// A pod as the snapshot holds it.
@@ -402,6 +431,8 @@ pub struct Snapshot {
     pub(crate) node_pod_cidrs: Arc<BTreeMap<String, Vec<IpNet>>>,
     pub(crate) policies: Arc<Vec<CompiledPolicy>>,
     pub(crate) policy_by_key: Arc<HashMap<ObjectKey, PolicyId>>,
+    /// In evaluation order (see [`ClusterPolicyId`]).
+    pub(crate) cluster_policies: Arc<Vec<CompiledClusterPolicy>>,
     pub(crate) services_by_ip: Arc<HashMap<IpAddr, Arc<Service>>>,
     pub(crate) services: Arc<Vec<Arc<Service>>>,
 }
@@ -449,8 +480,25 @@ fn peer_selects(peer: &Peer, policy_ns: &str, pod: &Pod, ns_labels: Option<&Labe
     ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
 }
 
+/// Whether a ClusterNetworkPolicy's subject selects this (live) pod.
+fn cnp_selects(policy: &ClusterNetworkPolicy, pod: &Pod, ns_labels: Option<&Labels>) -> bool {
+    match &policy.subject {
+        PodsIn::All => true,
+        subject => ns_labels.is_some_and(|l| subject.matches(l, &pod.labels)),
+    }
+}
+
+/// Whether one ClusterNetworkPolicy peer selects this (live) pod.
+fn cnp_peer_selects(peer: &ClusterPeer, pod: &Pod, ns_labels: Option<&Labels>) -> bool {
+    match peer {
+        ClusterPeer::Pods(PodsIn::All) => true,
+        ClusterPeer::Pods(p) => ns_labels.is_some_and(|l| p.matches(l, &pod.labels)),
+        _ => false,
+    }
+}
+
 /// `new` as a shared list, keeping `old`'s allocation when they are equal.
-fn reuse(old: &Arc<[PolicyId]>, new: Vec<PolicyId>) -> Arc<[PolicyId]> {
+fn reuse<T: PartialEq>(old: &Arc<[T]>, new: Vec<T>) -> Arc<[T]> {
     if **old == *new {
         old.clone()
     } else {
@@ -564,7 +612,49 @@ impl Snapshot {
                 egress,
             });
         }
+        // ClusterNetworkPolicies, in evaluation order; per-pod subject lists alongside.
+        let mut cnp_in: Vec<Vec<ClusterPolicyId>> = vec![Vec::new(); pods.len()];
+        let mut cnp_eg: Vec<Vec<ClusterPolicyId>> = vec![Vec::new(); pods.len()];
+        let mut order: Vec<&ClusterNetworkPolicy> = cluster.cluster_policies.values().collect();
+        order.sort_by(|a, b| (a.tier, a.priority, &a.name).cmp(&(b.tier, b.priority, &b.name)));
+        let mut cluster_policies = Vec::with_capacity(order.len());
+        for (i, spec) in order.into_iter().enumerate() {
+            let id = ClusterPolicyId(u32::try_from(i).unwrap_or(u32::MAX));
+            let ingress = spec
+                .ingress
+                .as_deref()
+                .map(|rules| cx.compile_cluster_rules(rules, cluster));
+            let egress = spec
+                .egress
+                .as_deref()
+                .map(|rules| cx.compile_cluster_rules(rules, cluster));
+            cx.for_pods_in(&spec.subject, |group| {
+                for pid in group {
+                    if ingress.is_some() {
+                        cnp_in[pid.0 as usize].push(id);
+                    }
+                    if egress.is_some() {
+                        cnp_eg[pid.0 as usize].push(id);
+                    }
+                }
+            });
+            cluster_policies.push(CompiledClusterPolicy {
+                spec: Arc::new(spec.clone()),
+                ingress,
+                egress,
+            });
+        }
         drop(cx);
+        let mut interned_cnp: HashMap<Vec<ClusterPolicyId>, Arc<[ClusterPolicyId]>> =
+            HashMap::new();
+        for (entry, (ci, ce)) in pods.iter_mut().zip(cnp_in.into_iter().zip(cnp_eg)) {
+            for (iso, list) in [(&mut entry.ingress, ci), (&mut entry.egress, ce)] {
+                iso.cluster = interned_cnp
+                    .entry(list)
+                    .or_insert_with_key(|k| Arc::from(k.as_slice()))
+                    .clone();
+            }
+        }
 
         // Intern the isolation lists: most pods share a handful of them.
         let mut interned: HashMap<Vec<PolicyId>, Arc<[PolicyId]>> = HashMap::new();
@@ -575,14 +665,10 @@ impl Snapshot {
                 .clone()
         };
         for (entry, ((ie, ia), (ee, ea))) in pods.iter_mut().zip(iso_in.into_iter().zip(iso_eg)) {
-            entry.ingress = Isolation {
-                enforce: intern(ie),
-                audit: intern(ia),
-            };
-            entry.egress = Isolation {
-                enforce: intern(ee),
-                audit: intern(ea),
-            };
+            entry.ingress.enforce = intern(ie);
+            entry.ingress.audit = intern(ia);
+            entry.egress.enforce = intern(ee);
+            entry.egress.audit = intern(ea);
         }
 
         let mut node_by_ip = HashMap::new();
@@ -622,6 +708,7 @@ impl Snapshot {
             node_pod_cidrs: Arc::new(node_pod_cidrs),
             policies: Arc::new(policies),
             policy_by_key: Arc::new(policy_by_key),
+            cluster_policies: Arc::new(cluster_policies),
             services_by_ip: Arc::new(services_by_ip),
             services: Arc::new(services),
         }
@@ -757,6 +844,53 @@ impl Snapshot {
                 }
             }
         }
+        // ClusterNetworkPolicies: subject lists and `namespaces`/`pods` peer sets.
+        let mut cnp_in = Vec::new();
+        let mut cnp_eg = Vec::new();
+        let mut cnp_flips: Vec<(usize, bool, usize, bool)> = Vec::new();
+        for (i, cnp) in self.cluster_policies.iter().enumerate() {
+            let cid = ClusterPolicyId(u32::try_from(i).unwrap_or(u32::MAX));
+            if live && cnp_selects(&cnp.spec, &pod, ns_labels) {
+                if cnp.ingress.is_some() {
+                    cnp_in.push(cid);
+                }
+                if cnp.egress.is_some() {
+                    cnp_eg.push(cid);
+                }
+            }
+            for (egress, rules, specs) in [
+                (false, &cnp.ingress, cnp.spec.ingress.as_deref()),
+                (true, &cnp.egress, cnp.spec.egress.as_deref()),
+            ] {
+                let (Some(rules), Some(specs)) = (rules.as_ref(), specs) else {
+                    continue;
+                };
+                for (r, rspec) in specs.iter().enumerate() {
+                    let want = live
+                        && rspec
+                            .peers
+                            .iter()
+                            .any(|p| cnp_peer_selects(p, &pod, ns_labels));
+                    if rules[r].pods.contains(id) != want {
+                        cnp_flips.push((i, egress, r, want));
+                    }
+                }
+            }
+        }
+        if !cnp_flips.is_empty() {
+            let cnps = Arc::make_mut(&mut self.cluster_policies);
+            for (i, egress, r, want) in cnp_flips {
+                let cnp = &mut cnps[i];
+                let rules = if egress {
+                    &mut cnp.egress
+                } else {
+                    &mut cnp.ingress
+                };
+                if let Some(rules) = rules.as_mut() {
+                    Arc::make_mut(&mut Arc::make_mut(rules)[r].pods).set(id, want);
+                }
+            }
+        }
         if !flips.is_empty() {
             let policies = Arc::make_mut(&mut self.policies);
             for (i, egress, r, want) in flips {
@@ -780,10 +914,12 @@ impl Snapshot {
         entry.ingress = Isolation {
             enforce: reuse(&entry.ingress.enforce, iso_in.0),
             audit: reuse(&entry.ingress.audit, iso_in.1),
+            cluster: reuse(&entry.ingress.cluster, cnp_in),
         };
         entry.egress = Isolation {
             enforce: reuse(&entry.egress.enforce, iso_eg.0),
             audit: reuse(&entry.egress.audit, iso_eg.1),
+            cluster: reuse(&entry.egress.cluster, cnp_eg),
         };
     }
 
@@ -860,6 +996,32 @@ impl Snapshot {
         self.policy_by_key
             .get(&(namespace.to_owned(), name.to_owned()))
             .copied()
+    }
+
+    /// The ClusterNetworkPolicy behind an id.
+    pub fn cluster_policy(&self, id: ClusterPolicyId) -> &ClusterNetworkPolicy {
+        &self.cluster_policies[id.0 as usize].spec
+    }
+
+    /// Every ClusterNetworkPolicy, in evaluation order (Admin tier, then Baseline; each
+    /// by priority, then name).
+    pub fn cluster_policy_ids(&self) -> impl Iterator<Item = ClusterPolicyId> {
+        (0..self.cluster_policies.len())
+            .map(|i| ClusterPolicyId(u32::try_from(i).unwrap_or(u32::MAX)))
+    }
+
+    /// Looks a ClusterNetworkPolicy up by name.
+    pub fn cluster_policy_id(&self, name: &str) -> Option<ClusterPolicyId> {
+        self.cluster_policy_ids()
+            .find(|id| self.cluster_policy(*id).name == name)
+    }
+
+    /// ClusterNetworkPolicies that failed validation (they deny what their subject selects).
+    pub fn invalid_cluster_policies(&self) -> impl Iterator<Item = &ClusterNetworkPolicy> {
+        self.cluster_policies
+            .iter()
+            .map(|p| p.spec.as_ref())
+            .filter(|p| !p.errors.is_empty())
     }
 
     /// Every pod that is a policy endpoint, sorted by `namespace/name`.
@@ -959,6 +1121,11 @@ impl Snapshot {
                     pod_bytes += ARC_HEADER + size_of_val::<[PolicyId]>(list);
                 }
             }
+            for list in [&e.ingress.cluster, &e.egress.cluster] {
+                if once(Arc::as_ptr(list).cast()) {
+                    pod_bytes += ARC_HEADER + size_of_val::<[ClusterPolicyId]>(list);
+                }
+            }
         }
         let index_bytes = self.pod_by_key.heap_bytes()
             + self.pod_by_ip.heap_bytes()
@@ -1007,6 +1174,34 @@ impl Snapshot {
                                 .map(|b| b.except.capacity() * size_of::<ipnet::IpNet>())
                                 .sum::<usize>();
                     }
+                }
+            }
+        }
+
+        // ClusterNetworkPolicies: the compiled rules and their peer sets (the specs are
+        // small next to them and estimated by their names only).
+        policy_bytes += ARC_HEADER
+            + size_of::<Vec<CompiledClusterPolicy>>()
+            + self.cluster_policies.capacity() * size_of::<CompiledClusterPolicy>();
+        for p in self.cluster_policies.iter() {
+            if once(Arc::as_ptr(&p.spec).cast()) {
+                policy_bytes +=
+                    ARC_HEADER + size_of::<ClusterNetworkPolicy>() + p.spec.name.capacity();
+            }
+            for rules in [&p.ingress, &p.egress].into_iter().flatten() {
+                if !once(Arc::as_ptr(rules).cast()) {
+                    continue;
+                }
+                policy_bytes += ARC_HEADER
+                    + size_of::<Vec<CompiledClusterRule>>()
+                    + rules.capacity() * size_of::<CompiledClusterRule>();
+                for r in rules.iter() {
+                    if once(Arc::as_ptr(&r.pods).cast()) {
+                        policy_bytes += ARC_HEADER + size_of::<PodSet>() + r.pods.heap_bytes();
+                    }
+                    policy_bytes += 2 * ARC_HEADER
+                        + size_of_val::<[IpNet]>(&r.networks)
+                        + size_of_val::<[IpAddr]>(&r.node_ips);
                 }
             }
         }
@@ -1185,6 +1380,65 @@ impl<'a> CompileCx<'a> {
                 f(&g.pods);
             }
         }
+    }
+
+    /// Calls `f` with the live pods a ClusterNetworkPolicy subject or pod peer selects.
+    fn for_pods_in(&mut self, sel: &'a PodsIn, mut f: impl FnMut(&[PodId])) {
+        let (nsel, psel) = match sel {
+            PodsIn::All => (None, None),
+            PodsIn::Namespaces(n) => (Some(self.ns_memo.id(n)), None),
+            PodsIn::Pods { namespaces, pods } => (
+                Some(self.ns_memo.id(namespaces)),
+                Some(self.pod_memo.id(pods)),
+            ),
+        };
+        for i in 0..self.ns_names.len() {
+            let set_id = u32::try_from(i).unwrap_or(u32::MAX);
+            if nsel.is_none_or(|n| self.ns_memo.matches(n, set_id)) {
+                self.for_selected(self.ns_names[i], psel, &mut f);
+            }
+        }
+    }
+
+    fn compile_cluster_rules(
+        &mut self,
+        rules: &'a [crate::cluster_policy::ClusterRule],
+        cluster: &Cluster,
+    ) -> Arc<Vec<CompiledClusterRule>> {
+        let mut out = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let mut set = PodSet::with_len(self.pod_count);
+            let mut networks = Vec::new();
+            let mut node_ips = Vec::new();
+            let mut everything = false;
+            for peer in &rule.peers {
+                match peer {
+                    ClusterPeer::Pods(p) => self.for_pods_in(p, |pods| {
+                        for id in pods {
+                            set.set(*id, true);
+                        }
+                    }),
+                    ClusterPeer::Networks(n) => networks.extend(n.iter().copied()),
+                    ClusterPeer::Nodes(sel) => {
+                        for node in cluster.nodes.values() {
+                            if sel.matches(&node.labels) {
+                                node_ips.extend(node.ips.iter().copied());
+                            }
+                        }
+                    }
+                    ClusterPeer::Everything => everything = true,
+                }
+            }
+            node_ips.sort_unstable();
+            node_ips.dedup();
+            out.push(CompiledClusterRule {
+                pods: Arc::new(set),
+                networks: networks.into(),
+                node_ips: node_ips.into(),
+                everything,
+            });
+        }
+        Arc::new(out)
     }
 
     fn compile_rules(&mut self, rules: &'a [Rule], policy_ns: &str) -> Arc<Vec<CompiledRule>> {

@@ -256,8 +256,8 @@ async fn survives_410_gone_dropped_watches_and_an_outage() {
     cluster(&fake);
     let mut src = start(fake, source::Options::default()).await;
     src.wait("first sync", LIMIT, |s| s.is_ready()).await;
-    let watches_up = |f: &FakeApi| f.open_watches() == 4;
-    wait_fake(&src.fake, "4 watches", watches_up).await;
+    let watches_up = |f: &FakeApi| f.open_watches() == Kind::ALL.len();
+    wait_fake(&src.fake, "a watch per kind", watches_up).await;
 
     // 410 Gone as an ERROR event on the open watches: every watcher relists.
     src.fake.expire_watches();
@@ -268,8 +268,15 @@ async fn survives_410_gone_dropped_watches_and_an_outage() {
     ));
     src.wait("policy after 410", LIMIT, |s| !allowed(s, A, B))
         .await;
-    wait_until("4 relists", || src.status.relists() >= 4).await;
-    assert!(src.fake.stats().gone >= 4, "{:?}", src.fake.stats());
+    wait_until("a relist per kind", || {
+        src.status.relists() >= Kind::ALL.len() as u64
+    })
+    .await;
+    assert!(
+        src.fake.stats().gone >= Kind::ALL.len() as u64,
+        "{:?}",
+        src.fake.stats()
+    );
     // Bookmarks come every 100 ms on an open watch: the relists above can all happen
     // before the first one (seen in CI), so wait for it rather than assume it.
     wait_until("bookmarks were requested and sent", || {
@@ -294,7 +301,7 @@ async fn survives_410_gone_dropped_watches_and_an_outage() {
     src.fake.apply_all(&many);
     src.wait("600 pods", LIMIT, |s| s.all_pods().count() == 602)
         .await;
-    wait_fake(&src.fake, "4 watches", watches_up).await;
+    wait_fake(&src.fake, "a watch per kind", watches_up).await;
     src.fake.expire_next_continue();
     src.fake.expire_watches();
     src.fake.apply(&pod("t", "a", "nobody", A));
@@ -308,12 +315,12 @@ async fn survives_410_gone_dropped_watches_and_an_outage() {
     })
     .await;
     wait_until("relists after HTTP 410", || {
-        src.status.relists() >= relists + 4
+        src.status.relists() >= relists + Kind::ALL.len() as u64
     })
     .await;
     assert!(
-        src.fake.stats().gone >= gone + 5,
-        "4 ERROR events and one HTTP 410: {:?}",
+        src.fake.stats().gone > gone + Kind::ALL.len() as u64,
+        "an ERROR event per kind and one HTTP 410: {:?}",
         src.fake.stats()
     );
     assert!(
@@ -328,11 +335,14 @@ async fn survives_410_gone_dropped_watches_and_an_outage() {
 
     // An outage: the last snapshot stays; staleness grows; changes made meanwhile
     // arrive after it.
-    wait_fake(&src.fake, "4 watches", watches_up).await;
+    wait_fake(&src.fake, "a watch per kind", watches_up).await;
     wait_until("healthy", || src.status.failing().is_empty()).await;
     let gen_before = src.rx.borrow().generation();
     src.fake.set_down(true);
-    wait_until("failing watches", || src.status.failing().len() == 4).await;
+    wait_until("failing watches", || {
+        src.status.failing().len() == Kind::ALL.len()
+    })
+    .await;
     src.fake.apply(&policy(
         "t",
         "b-from-a",
@@ -385,4 +395,63 @@ async fn wait_until(what: &str, f: impl Fn() -> bool) {
 
 async fn wait_fake(fake: &FakeApi, what: &str, f: impl Fn(&FakeApi) -> bool) {
     wait_until(what, || f(fake)).await;
+}
+
+/// An Admin-tier ClusterNetworkPolicy denying `app=a` -> `app=b` on port 80.
+fn cluster_policy(
+    name: &str,
+    action: &str,
+) -> netward_controller::cluster_policy::api::ClusterNetworkPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {"tier": "Admin", "priority": 10,
+                 "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}}},
+                 "ingress": [{"name": "from-a", "action": action,
+                              "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "a"}}}}],
+                              "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]}
+    }))
+    .unwrap()
+}
+
+/// ClusterNetworkPolicies are listed before the first snapshot, and their changes and
+/// deletion are followed; an Admin Deny beats a NetworkPolicy's allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_network_policies_are_watched() {
+    use netward_controller::cluster_policy::api::ClusterNetworkPolicy;
+    let fake = FakeApi::new();
+    cluster(&fake);
+    fake.apply(&policy(
+        "t",
+        "b-from-a",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}}),
+    ));
+    fake.apply(&cluster_policy("guard", "Deny"));
+    // Not listed yet: nothing may be published.
+    fake.set_unavailable(Kind::ClusterNetworkPolicy, true);
+    let mut src = start(fake, source::Options::default()).await;
+    wait_until("ClusterNetworkPolicy list failing", || {
+        src.status.failing().contains(&Kind::ClusterNetworkPolicy)
+    })
+    .await;
+    assert!(!src.rx.borrow().is_ready(), "published before every list");
+    src.fake.set_unavailable(Kind::ClusterNetworkPolicy, false);
+    src.wait("the Admin Deny enforced", LIMIT, |s| {
+        s.is_ready() && !allowed(s, A, B)
+    })
+    .await;
+    // Pass hands the flow to the NetworkPolicy, which allows it.
+    src.fake.apply(&cluster_policy("guard", "Pass"));
+    src.wait("Pass: the NetworkPolicy decides", LIMIT, |s| {
+        allowed(s, A, B)
+    })
+    .await;
+    src.fake.apply(&cluster_policy("guard", "Deny"));
+    src.wait("Deny again", LIMIT, |s| !allowed(s, A, B)).await;
+    assert!(src.fake.delete::<ClusterNetworkPolicy>("", "guard"));
+    src.wait("deleted: the NetworkPolicy decides", LIMIT, |s| {
+        s.cluster_policy_id("guard").is_none() && allowed(s, A, B)
+    })
+    .await;
 }

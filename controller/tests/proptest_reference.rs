@@ -1,7 +1,8 @@
 //! Property tests: the compiled engine against a deliberately simple reference
-//! evaluator written straight from the Kubernetes API documentation, over random
-//! namespaces, pods, labels and policies; and incremental pod updates against a
-//! full recompile.
+//! evaluator written straight from the Kubernetes API documentation (and, for
+//! ClusterNetworkPolicy's tiers, the network-policy-api's), over random namespaces, pods,
+//! labels, NetworkPolicies and ClusterNetworkPolicies; and incremental pod updates
+//! against a full recompile.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failure
 
 use std::collections::BTreeMap;
@@ -10,10 +11,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use netward_controller::cluster_policy::{self, Action, ClusterPeer, ClusterPort, Tier};
 use netward_controller::model::{
     ContainerPort, Direction, Mode, Namespace, NamespaceScope, NetworkPolicy, Peer, Pod, PortSpec,
 };
-use netward_controller::{Cluster, Endpoint, Flow, Protocol, Snapshot, Transport};
+use netward_controller::{
+    Cluster, ClusterNetworkPolicy, Endpoint, Flow, Protocol, Snapshot, Transport,
+};
 use proptest::prelude::*;
 
 // ---------- the reference evaluator: no compilation, no indexes, no shortcuts ----------
@@ -108,6 +112,93 @@ fn ref_port_ok(
     })
 }
 
+/// Whether a ClusterNetworkPolicy rule matches: any peer, and the protocols.
+fn ref_cnp_rule_ok(
+    c: &Cluster,
+    rule: &cluster_policy::ClusterRule,
+    other: &End,
+    dst_pod: Option<&Pod>,
+    proto: Protocol,
+    port: u16,
+) -> bool {
+    let peer_ok = rule.peers.iter().any(|peer| match peer {
+        ClusterPeer::Everything => true,
+        ClusterPeer::Pods(sel) => ref_pod(c, other)
+            .is_some_and(|p| sel.matches(&c.namespaces[&p.namespace].labels, &p.labels)),
+        ClusterPeer::Networks(nets) => {
+            ref_ip(c, other).is_some_and(|ip| nets.iter().any(|n| n.contains(&ip)))
+        }
+        ClusterPeer::Nodes(sel) => ref_ip(c, other).is_some_and(|ip| {
+            c.nodes
+                .values()
+                .any(|n| sel.matches(&n.labels) && n.ips.contains(&ip))
+        }),
+    });
+    let port_ok = match &rule.ports {
+        None => true,
+        Some(_) if !matches!(proto, Protocol::Tcp | Protocol::Udp | Protocol::Sctp) => false,
+        Some(ports) => ports.iter().any(|p| match p {
+            ClusterPort::Protocol(pm) => {
+                pm.protocol == proto
+                    && match &pm.port {
+                        PortSpec::Any => true,
+                        PortSpec::Range(a, b) => *a <= port && port <= *b,
+                        PortSpec::Named(_) => false,
+                    }
+            }
+            ClusterPort::Named(n) => dst_pod.is_some_and(|p| {
+                p.ports.iter().any(|cp| {
+                    cp.name.as_deref() == Some(n.as_str())
+                        && cp.protocol == proto
+                        && cp.port == port
+                })
+            }),
+        }),
+    };
+    peer_ok && port_ok
+}
+
+/// One tier's verdict: the lowest priority with a matching rule; per policy its first
+/// matching rule; among tied policies Deny, then Pass, then Accept (netward's choice).
+#[allow(clippy::too_many_arguments)] // a flow's parts, spelled out
+fn ref_tier(
+    c: &Cluster,
+    tier: Tier,
+    subject: &Pod,
+    dir: Direction,
+    other: &End,
+    dst_pod: Option<&Pod>,
+    proto: Protocol,
+    port: u16,
+) -> Option<Action> {
+    let ns_labels = &c.namespaces[&subject.namespace].labels;
+    let mut by_priority: BTreeMap<u16, Vec<&ClusterNetworkPolicy>> = BTreeMap::new();
+    for p in c.cluster_policies.values() {
+        if p.tier == tier && p.rules(dir).is_some() && p.subject.matches(ns_labels, &subject.labels)
+        {
+            by_priority.entry(p.priority).or_default().push(p);
+        }
+    }
+    for policies in by_priority.values() {
+        let actions: Vec<Action> = policies
+            .iter()
+            .filter_map(|p| {
+                p.rules(dir)
+                    .unwrap()
+                    .iter()
+                    .find(|r| ref_cnp_rule_ok(c, r, other, dst_pod, proto, port))
+                    .map(|r| r.action)
+            })
+            .collect();
+        for want in [Action::Deny, Action::Pass, Action::Accept] {
+            if actions.contains(&want) {
+                return Some(want);
+            }
+        }
+    }
+    None
+}
+
 fn ref_side(
     c: &Cluster,
     subject: &Pod,
@@ -117,6 +208,11 @@ fn ref_side(
     proto: Protocol,
     port: u16,
 ) -> bool {
+    match ref_tier(c, Tier::Admin, subject, dir, other, dst_pod, proto, port) {
+        Some(Action::Accept) => return true,
+        Some(Action::Deny) => return false,
+        Some(Action::Pass) | None => {}
+    }
     let ns_audit = c.namespaces[&subject.namespace].mode == Mode::Audit;
     let isolating: Vec<&NetworkPolicy> = c
         .policies
@@ -131,7 +227,9 @@ fn ref_side(
         .filter(|p| p.rules(dir).is_some())
         .collect();
     if isolating.is_empty() {
-        return true;
+        // The Baseline tier: only a Deny changes the default.
+        return ref_tier(c, Tier::Baseline, subject, dir, other, dst_pod, proto, port)
+            != Some(Action::Deny);
     }
     isolating.iter().any(|p| {
         p.rules(dir)
@@ -315,6 +413,167 @@ fn policy(i: usize) -> impl Strategy<Value = NetworkPolicy> {
         })
 }
 
+fn cnp_pods_in() -> impl Strategy<Value = cluster_policy::api::NamespacedPod> {
+    (prop::option::of(selector()), selector()).prop_map(|(n, p)| {
+        cluster_policy::api::NamespacedPod {
+            namespace_selector: n,
+            pod_selector: Some(p),
+        }
+    })
+}
+
+fn cnp_protocols() -> impl Strategy<Value = Option<Vec<cluster_policy::api::ProtocolMatch>>> {
+    use cluster_policy::api::{Port, PortRange, ProtocolMatch, ProtocolPort};
+    let port = prop_oneof![
+        prop::sample::select(&PORTS[..]).prop_map(|p| Port {
+            number: Some(i64::from(p)),
+            range: None
+        }),
+        (prop::sample::select(&PORTS[..]), 1i64..100).prop_map(|(p, w)| Port {
+            number: None,
+            range: Some(PortRange {
+                start: Some(i64::from(p)),
+                end: Some(i64::from(p) + w)
+            }),
+        }),
+    ];
+    let entry = prop_oneof![
+        (0usize..3, port).prop_map(|(k, port)| {
+            let pp = Some(ProtocolPort {
+                destination_port: Some(port),
+            });
+            match k {
+                0 => ProtocolMatch {
+                    tcp: pp,
+                    ..Default::default()
+                },
+                1 => ProtocolMatch {
+                    udp: pp,
+                    ..Default::default()
+                },
+                _ => ProtocolMatch {
+                    sctp: pp,
+                    ..Default::default()
+                },
+            }
+        }),
+        prop::sample::select(&["http", "dns", "metrics"][..]).prop_map(|n| ProtocolMatch {
+            destination_named_port: Some(n.to_owned()),
+            ..Default::default()
+        }),
+    ];
+    prop::option::weighted(0.5, prop::collection::vec(entry, 1..3))
+}
+
+fn cnp_action() -> impl Strategy<Value = String> {
+    prop::sample::select(&["Accept", "Deny", "Pass"][..]).prop_map(str::to_owned)
+}
+
+fn cnp_egress_peer() -> impl Strategy<Value = cluster_policy::api::EgressPeer> {
+    use cluster_policy::api::EgressPeer;
+    prop_oneof![
+        selector().prop_map(|s| EgressPeer {
+            namespaces: Some(s),
+            ..Default::default()
+        }),
+        cnp_pods_in().prop_map(|p| EgressPeer {
+            pods: Some(p),
+            ..Default::default()
+        }),
+        selector().prop_map(|s| EgressPeer {
+            nodes: Some(s),
+            ..Default::default()
+        }),
+        prop::sample::subsequence(
+            vec![
+                "198.18.0.0/30",
+                "198.18.0.4/31",
+                "198.19.0.0/16",
+                "198.18.0.100/32"
+            ],
+            1..3
+        )
+        .prop_map(|n| EgressPeer {
+            networks: Some(n.into_iter().map(str::to_owned).collect()),
+            ..Default::default()
+        }),
+    ]
+}
+
+/// A ClusterNetworkPolicy: either tier, priorities from a tiny range (so they tie),
+/// occasionally invalid (priority out of range: it must fail closed).
+fn cluster_policy_strategy(i: usize) -> impl Strategy<Value = ClusterNetworkPolicy> {
+    use cluster_policy::api::{self as api, EgressRule, IngressPeer, IngressRule};
+    let ingress_peer = prop_oneof![
+        selector().prop_map(|s| IngressPeer {
+            namespaces: Some(s),
+            pods: None
+        }),
+        cnp_pods_in().prop_map(|p| IngressPeer {
+            namespaces: None,
+            pods: Some(p)
+        }),
+    ];
+    let ingress_rule = (
+        cnp_action(),
+        prop::collection::vec(ingress_peer, 1..3),
+        cnp_protocols(),
+    )
+        .prop_map(|(action, from, protocols)| IngressRule {
+            name: None,
+            action: Some(action),
+            from: Some(from),
+            protocols,
+        });
+    let egress_rule = (
+        cnp_action(),
+        prop::collection::vec(cnp_egress_peer(), 1..3),
+        cnp_protocols(),
+    )
+        .prop_map(|(action, to, protocols)| EgressRule {
+            name: None,
+            action: Some(action),
+            to: Some(to),
+            protocols,
+        });
+    let subject = prop_oneof![
+        selector().prop_map(|s| api::Subject {
+            namespaces: Some(s),
+            pods: None
+        }),
+        cnp_pods_in().prop_map(|p| api::Subject {
+            namespaces: None,
+            pods: Some(p)
+        }),
+    ];
+    (
+        prop::bool::ANY,
+        prop_oneof![20 => 0i64..3, 1 => Just(2000i64)],
+        subject,
+        prop::option::of(prop::collection::vec(ingress_rule, 0..3)),
+        prop::option::of(prop::collection::vec(egress_rule, 0..3)),
+    )
+        .prop_map(move |(admin, priority, subject, ingress, egress)| {
+            let obj = api::ClusterNetworkPolicy {
+                api_version: Some(cluster_policy::API_VERSION.to_owned()),
+                kind: Some(cluster_policy::KIND.to_owned()),
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(format!("cnp{i}")),
+                    ..Default::default()
+                },
+                spec: Some(api::Spec {
+                    tier: Some(if admin { "Admin" } else { "Baseline" }.to_owned()),
+                    priority: Some(priority),
+                    subject: Some(subject),
+                    ingress,
+                    egress,
+                }),
+                status: None,
+            };
+            ClusterNetworkPolicy::from_api(&obj)
+        })
+}
+
 /// Pod addresses come from a small pool so that pods share and reuse them: mostly a
 /// pod's own slot, sometimes one of the first four (shared with other pods).
 fn small_ip(slot: u8) -> IpAddr {
@@ -375,7 +634,9 @@ fn cluster() -> impl Strategy<Value = Cluster> {
     let namespaces = prop::collection::vec((labels(), prop::bool::weighted(0.1)), 3);
     let pods = (1usize..7).prop_flat_map(|n| (0..n).map(pod).collect::<Vec<_>>());
     let policies = (0usize..5).prop_flat_map(|n| (0..n).map(policy).collect::<Vec<_>>());
-    (namespaces, pods, policies).prop_map(|(nss, pods, policies)| {
+    let cnps =
+        (0usize..4).prop_flat_map(|n| (0..n).map(cluster_policy_strategy).collect::<Vec<_>>());
+    (namespaces, pods, policies, cnps).prop_map(|(nss, pods, policies, cnps)| {
         let mut c = Cluster::default();
         for (name, (mut labels, audit)) in NAMESPACES.iter().zip(nss) {
             if audit {
@@ -385,14 +646,24 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         }
         c.upsert_node(netward_controller::model::Node {
             name: "node-a".into(),
+            labels: [("env".to_owned(), "x".to_owned())].into(),
             ips: vec!["198.18.0.100".parse().unwrap()],
             pod_cidrs: vec!["198.18.0.0/24".parse().unwrap()],
+        });
+        c.upsert_node(netward_controller::model::Node {
+            name: "node-b".into(),
+            labels: [("env".to_owned(), "y".to_owned())].into(),
+            ips: vec!["198.18.0.101".parse().unwrap()],
+            pod_cidrs: Vec::new(),
         });
         for p in pods {
             c.upsert_pod(p);
         }
         for p in policies {
             c.upsert_policy(p);
+        }
+        for p in cnps {
+            c.upsert_cluster_policy(p);
         }
         c
     })
@@ -413,6 +684,7 @@ fn ends(c: &Cluster) -> Vec<End> {
     v.push(End::Ip("198.19.9.9".parse().unwrap()));
     v.push(End::Ip("198.18.0.14".parse().unwrap()));
     v.push(End::Ip("198.18.0.100".parse().unwrap()));
+    v.push(End::Ip("198.18.0.101".parse().unwrap()));
     v
 }
 

@@ -1,7 +1,8 @@
 //! The admin server, on its own thread and runtime, off the data plane. Two surfaces:
 //! the main listener (`/metrics`, `/healthz`, `/readyz`: probes and Prometheus, on the
 //! node IP in `netward node`) and, only when asked for, a loopback-only debug listener
-//! (`/debug/snapshot`, which names every pod's IPs and labels and every policy).
+//! (`/debug/snapshot`, which names every pod's IPs and labels and every policy,
+//! ClusterNetworkPolicies included).
 //!
 //! Both are hardened the same way: a header read timeout, a cap on concurrent
 //! connections (the excess is closed at once), a maximum connection age, and a backoff
@@ -351,6 +352,21 @@ pub fn debug_snapshot(snap: &Snapshot) -> serde_json::Value {
             })
         })
         .collect();
+    let cluster_policies: Vec<serde_json::Value> = snap
+        .cluster_policy_ids()
+        .map(|id| {
+            let p = snap.cluster_policy(id);
+            serde_json::json!({
+                "policy": p.name,
+                "tier": p.tier,
+                "priority": p.priority,
+                "subject": p.subject.to_string(),
+                "ingress_rules": p.ingress.as_ref().map(Vec::len),
+                "egress_rules": p.egress.as_ref().map(Vec::len),
+                "errors": p.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let services: Vec<serde_json::Value> = snap
         .services()
         .map(|s| serde_json::json!({"service": s.key(), "cluster_ips": s.cluster_ips}))
@@ -359,6 +375,7 @@ pub fn debug_snapshot(snap: &Snapshot) -> serde_json::Value {
         "generation": snap.generation(),
         "pods": pods,
         "policies": policies,
+        "cluster_policies": cluster_policies,
         "services": services,
     })
 }

@@ -187,16 +187,30 @@ impl NodeDecision {
             if !enforced {
                 continue;
             }
+            let cluster = |id| {
+                format!(
+                    "ClusterNetworkPolicy/{}",
+                    self.snapshot.cluster_policy(id).name
+                )
+            };
             let name = match side {
-                Side::Denied { isolated_by } if !self.allowed => isolated_by.first(),
+                Side::Denied { isolated_by } if !self.allowed => isolated_by
+                    .first()
+                    .map(|id| self.snapshot.policy(*id).key()),
                 Side::AuditDenied {
                     would_be_isolated_by,
-                } => would_be_isolated_by.first(),
-                Side::Allowed { policy, .. } if self.allowed => Some(policy),
+                } => would_be_isolated_by
+                    .first()
+                    .map(|id| self.snapshot.policy(*id).key()),
+                Side::Allowed { policy, .. } if self.allowed => {
+                    Some(self.snapshot.policy(*policy).key())
+                }
+                Side::ClusterDenied { policy, .. } if !self.allowed => Some(cluster(*policy)),
+                Side::ClusterAccepted { policy, .. } if self.allowed => Some(cluster(*policy)),
                 _ => None,
             };
-            if let Some(id) = name {
-                policy = Some(self.snapshot.policy(*id).key());
+            if let Some(name) = name {
+                policy = Some(name);
                 if !self.allowed {
                     break;
                 }

@@ -114,8 +114,10 @@ impl Metrics {
     pub fn published(&self, snap: &netward_controller::Snapshot) {
         self.generation.store(snap.generation(), Ordering::Relaxed);
         self.published_at.store(now_secs(), Ordering::Relaxed);
-        self.invalid_policies
-            .store(snap.invalid_policies().count() as u64, Ordering::Relaxed);
+        self.invalid_policies.store(
+            (snap.invalid_policies().count() + snap.invalid_cluster_policies().count()) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Samples this tokio runtime's metrics at each scrape.
@@ -385,7 +387,7 @@ impl Collector for Atomics {
         gauge(
             &mut enc,
             "policy_invalid",
-            "NetworkPolicies that failed validation (they isolate and allow nothing)",
+            "NetworkPolicies (they isolate and allow nothing) and ClusterNetworkPolicies (they deny what their subject selects) that failed validation",
             g(m.invalid_policies.load(Ordering::Relaxed)),
         )?;
         counter(

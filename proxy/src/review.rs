@@ -290,7 +290,8 @@ pub struct Filter {
     pub since: Option<Millis>,
     /// Records whose span starts at or before this.
     pub until: Option<Millis>,
-    /// `namespace/name`: records where either side names it (allowed_by or isolated_by).
+    /// `namespace/name`: records where either side names it (allowed_by or isolated_by);
+    /// or a ClusterNetworkPolicy, as `ClusterNetworkPolicy/NAME` or `NAME`, that decided a side.
     pub policy: Option<String>,
 }
 
@@ -339,6 +340,16 @@ impl Filter {
 fn names_policy(side: &SideReport, policy: &str) -> bool {
     side.allowed_by.as_ref().is_some_and(|a| a.policy == policy)
         || side.isolated_by.iter().any(|p| p == policy)
+        || side
+            .cluster_policy
+            .as_ref()
+            .is_some_and(|c| c.policy == policy || c.key() == policy)
+}
+
+/// `ClusterNetworkPolicy/NAME[1] (Admin)`: a ClusterNetworkPolicy rule that decided a side,
+/// as `reason` and `--top` name it.
+fn cluster_rule_label(c: &netward_controller::render::ClusterRuleRef) -> String {
+    format!("{}[{}] ({})", c.key(), c.rule, c.tier)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -490,6 +501,11 @@ pub fn reason(r: &Record) -> String {
     let mut parts = Vec::new();
     for (name, side) in sides {
         match side.result.as_str() {
+            "denied" if side.cluster_policy.is_some() => {
+                if let Some(c) = &side.cluster_policy {
+                    parts.push(format!("{name} denied by {}", cluster_rule_label(c)));
+                }
+            }
             "denied" => parts.push(format!("{name} denied by {}", side.isolated_by.join(", "))),
             "audit-denied" => parts.push(format!(
                 "{name} would be denied by {} (audit mode)",
@@ -502,6 +518,8 @@ pub fn reason(r: &Record) -> String {
         for (name, side) in sides {
             if let Some(a) = &side.allowed_by {
                 parts.push(format!("allowed by {} {name}[{}]", a.policy, a.rule));
+            } else if let Some(c) = &side.cluster_policy {
+                parts.push(format!("{name} allowed by {}", cluster_rule_label(c)));
             } else if side.result == "exempt" {
                 let why = side
                     .exemption
@@ -646,7 +664,13 @@ impl Top {
             f.last_seen = r.last_seen.clone().unwrap_or_else(|| r.time.clone());
         }
         for (name, side) in [("egress", &r.egress), ("ingress", &r.ingress)] {
-            if matches!(side.result.as_str(), "denied" | "audit-denied") {
+            if let Some(c) = &side.cluster_policy {
+                // A ClusterNetworkPolicy decided this side (Deny, or Accept).
+                if side.result == "denied" || r.verdict == "allow" {
+                    f.policies
+                        .insert(format!("{name}: {}", cluster_rule_label(c)));
+                }
+            } else if matches!(side.result.as_str(), "denied" | "audit-denied") {
                 for p in &side.isolated_by {
                     f.policies.insert(format!("{name}: {p}"));
                 }
@@ -1233,6 +1257,43 @@ mod tests {
         assert_eq!(read_line(&mut *r, &mut buf, 50).unwrap(), Some(true));
         assert_eq!(buf, b"last");
         assert_eq!(read_line(&mut *r, &mut buf, 50).unwrap(), None);
+    }
+
+    /// A side a ClusterNetworkPolicy decided: the reason, `--policy` and `--top` name it.
+    #[test]
+    fn cluster_policy_decisions_are_named_filtered_and_grouped() {
+        let deny = r#"{"v":1,"time":"2026-11-23T16:20:12.003Z","event":"deny","verdict":"deny","direction":"egress","protocol":"TCP","src":{"ip":"198.18.1.50","port":40000,"namespace":"apps","pod":"web"},"dst":{"ip":"198.19.255.254","port":80},"egress":{"result":"denied","cluster_policy":{"tier":"Admin","policy":"block-metadata","priority":0,"rule":0,"rule_name":"deny-metadata","action":"Deny"}},"ingress":{"result":"not-pod"},"generation":2,"count":3}"#;
+        let Line::Record(r) = parse_line(deny.as_bytes()) else {
+            panic!("not a record")
+        };
+        assert_eq!(
+            reason(&r),
+            "egress denied by ClusterNetworkPolicy/block-metadata[0] (Admin)"
+        );
+        for name in ["block-metadata", "ClusterNetworkPolicy/block-metadata"] {
+            let f = Filter {
+                policy: Some(name.to_owned()),
+                ..Filter::default()
+            };
+            assert_eq!(f.matches(&r), Ok(true), "{name}");
+        }
+        let other = Filter {
+            policy: Some("apps/block-metadata".to_owned()),
+            ..Filter::default()
+        };
+        assert_eq!(other.matches(&r), Ok(false));
+        let mut top = Top::default();
+        top.add(&r).unwrap();
+        let flows = top.top(10);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].count, 3);
+        assert!(
+            flows[0]
+                .policies
+                .contains("egress: ClusterNetworkPolicy/block-metadata[0] (Admin)"),
+            "{:?}",
+            flows[0].policies
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn side(result: &str, pod: &Peer) -> SideReport {
         allowed_by: None,
         isolated_by: Vec::new(),
         exemption: None,
+        cluster_policy: None,
     }
 }
 

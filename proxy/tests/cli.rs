@@ -56,6 +56,7 @@ fn matrix_json_on_every_example_is_the_golden_matrix() {
         ("three-tier", "UDP", "53"),
         ("dns-egress", "UDP", "53"),
         ("metadata-block", "TCP", "80"),
+        ("cluster-guardrails", "TCP", "80"),
     ] {
         let o = netward(&[
             "matrix",
@@ -1398,4 +1399,55 @@ fn help_describes_netward_and_each_command_shows_examples() {
             "{cmd:?}: no example starts with {prefix:?}:\n{examples}"
         );
     }
+}
+
+/// `explain` names the ClusterNetworkPolicy, its tier and rule, in text and JSON.
+#[test]
+fn explain_names_the_cluster_network_policy_rule() {
+    let text = netward(&[
+        "explain",
+        "-f",
+        "examples/cluster-guardrails",
+        "--from",
+        "apps/web",
+        "--to",
+        "198.19.255.254",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(text.status.code(), Some(1), "{}", stderr(&text));
+    let out = stdout(&text);
+    assert!(
+        out.contains(
+            "denied by ClusterNetworkPolicy block-metadata (Admin tier, priority 0) egress[0] \"deny-cloud-metadata\" (Deny)"
+        ),
+        "{out}"
+    );
+    let json = netward(&[
+        "explain",
+        "-f",
+        "examples/cluster-guardrails",
+        "--from",
+        "apps/worker",
+        "--to",
+        "apps/web",
+        "--port",
+        "80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(json.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(
+        v["decision"]["ingress"]["cluster_policy"]["policy"],
+        "default-deny-ingress"
+    );
+    assert_eq!(
+        v["decision"]["ingress"]["cluster_policy"]["tier"],
+        "Baseline"
+    );
+    assert_eq!(
+        v["decision"]["ingress"]["cluster_policy"]["rule_name"],
+        "deny-from-every-pod"
+    );
 }

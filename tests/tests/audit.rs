@@ -439,3 +439,131 @@ fn rotation_never_loses_a_line() {
     }
     drop(nw);
 }
+
+/// A flow a ClusterNetworkPolicy denies (issue #18): the audit record names the tier, the
+/// policy and the rule; the metrics label it; `netward audit --top` and `--policy` group
+/// and select by it.
+#[test]
+fn cluster_policy_denials_are_audited_labelled_and_reviewed() {
+    if !root() {
+        return;
+    }
+    let docs = example("cluster-guardrails");
+    let refs: Vec<(&str, &str)> = docs.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    let lab = Lab::single_node(&refs);
+    let log = lab.dir.path().join("audit.log");
+    let mut nw = lab.start_netward(
+        0,
+        &[
+            "--debug-addr",
+            "127.0.0.1:15022",
+            "--audit-log",
+            log.to_str().unwrap(),
+            "--audit-deny-window-secs",
+            "1",
+        ],
+    );
+    // The Baseline default deny: worker -> web (no NetworkPolicy selects web for ingress).
+    let (o, _) = lab.connect(
+        "apps/worker",
+        "apps/web",
+        80,
+        false,
+        Duration::from_millis(1500),
+    );
+    assert_eq!(o, Outcome::Timeout, "{}", nw.log());
+    // The shop's NetworkPolicy overrides it: frontend -> api.
+    let (o, _) = lab.http_get("shop/frontend", "198.18.1.61", 80, false, PROBE);
+    assert_eq!(o, Outcome::Ok, "{}", nw.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            records(&log).iter().any(|r| r["event"] == "deny")
+                && records(&log).iter().any(|r| r["event"] == "close")
+        }),
+        "{}",
+        nw.log()
+    );
+    let recs = records(&log);
+    let d = recs
+        .iter()
+        .find(|r| r["event"] == "deny")
+        .unwrap_or_else(|| panic!("{recs:#?}"));
+    assert_eq!(d["v"], 1);
+    assert_eq!(d["ingress"]["result"], "denied");
+    assert_eq!(
+        d["ingress"]["cluster_policy"],
+        serde_json::json!({"tier": "Baseline", "policy": "default-deny-ingress", "priority": 100,
+            "rule": 0, "rule_name": "deny-from-every-pod", "action": "Deny"}),
+        "{d}"
+    );
+    let c = recs.iter().find(|r| r["event"] == "close").unwrap();
+    assert_eq!(
+        c["ingress"]["allowed_by"]["policy"],
+        "shop/api-from-frontend"
+    );
+    assert!(c["ingress"].get("cluster_policy").is_none(), "{c}");
+
+    let (status, metrics) = admin_get(&lab, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metric_sum(
+            &metrics,
+            "netward_connections_total",
+            &[
+                ("verdict", "deny"),
+                ("policy", "ClusterNetworkPolicy/default-deny-ingress"),
+            ],
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    let (_, dump) = admin_get(&lab, "/debug/snapshot");
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let names: Vec<&str> = dump["cluster_policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["block-metadata", "default-deny-ingress"], "{dump}");
+    assert_eq!(dump["cluster_policies"][1]["tier"], "Baseline");
+
+    let bin = netward_e2e::netward_bin();
+    let out = std::process::Command::new(&bin)
+        .args([
+            "audit",
+            log.to_str().unwrap(),
+            "--verdict",
+            "deny",
+            "--top",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{top}");
+    assert!(
+        top.contains("ClusterNetworkPolicy/default-deny-ingress[0] (Baseline)"),
+        "{top}"
+    );
+    let out = std::process::Command::new(&bin)
+        .args([
+            "audit",
+            log.to_str().unwrap(),
+            "--policy",
+            "ClusterNetworkPolicy/default-deny-ingress",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{listed}");
+    assert!(
+        listed.contains("apps/worker") || listed.contains("worker"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("frontend"),
+        "only the denied flow: {listed}"
+    );
+    assert!(nw.stop(), "{}", nw.log());
+}

@@ -50,6 +50,7 @@ fn every_bundled_scenario_matches_the_engine() {
         "namespace-isolation",
         "dns-egress",
         "metadata-block",
+        "cluster-guardrails",
     ] {
         let (ok, out) = lab(&[scenario]);
         assert!(ok, "netward lab {scenario} failed:\n{out}");

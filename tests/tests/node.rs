@@ -269,11 +269,27 @@ fn node_enforcement_follows_api_events() {
         "policy deleted -> c allowed",
         until(&lab, &nw, "t/c", true, t0, Duration::from_secs(5)),
     ));
+    // A ClusterNetworkPolicy (issue #18): an Admin-tier Deny of app=c into app=b.
+    let t0 = Instant::now();
+    api.fake.apply(&admin_deny_b_from("c"));
+    latencies.push((
+        "Admin ClusterNetworkPolicy added -> c denied",
+        until(&lab, &nw, "t/c", false, t0, Duration::from_secs(5)),
+    ));
+    let t0 = Instant::now();
+    assert!(
+        api.fake
+            .delete::<netward_controller::cluster_policy::api::ClusterNetworkPolicy>("", "guard-b")
+    );
+    latencies.push((
+        "ClusterNetworkPolicy deleted -> c allowed",
+        until(&lab, &nw, "t/c", true, t0, Duration::from_secs(5)),
+    ));
     for (what, took) in &latencies {
         eprintln!("event -> enforcement: {what}: {took:?}");
         assert!(*took < Duration::from_secs(2), "{what}: {took:?}");
     }
-    assert!(nw.count("policy updated from the API") >= 4, "{}", nw.log());
+    assert!(nw.count("policy updated from the API") >= 6, "{}", nw.log());
     assert!(nw.stop(), "clean exit on SIGTERM:\n{}", nw.log());
     assert!(nw.log().contains("interception rules kept"), "{}", nw.log());
     // The rules were kept (fail closed until the next start): remove them.
@@ -964,4 +980,18 @@ fn node_drains_live_connections_on_sigterm() {
                 && e.kind() != std::io::ErrorKind::TimedOut => {}
         other => panic!("the connection outlived netward: {other:?}"),
     }
+}
+
+/// An Admin-tier ClusterNetworkPolicy denying `app=<from>` pods into `app=b` pods.
+fn admin_deny_b_from(from: &str) -> netward_controller::cluster_policy::api::ClusterNetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "guard-b"},
+        "spec": {"tier": "Admin", "priority": 0,
+                 "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "b"}}}},
+                 "ingress": [{"name": "deny-from", "action": "Deny",
+                              "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": from}}}}]}]}
+    }))
+    .unwrap()
 }

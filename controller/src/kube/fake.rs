@@ -39,7 +39,7 @@ use super::Kind;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// A resource the fake serves: its index in [`RESOURCES`] (the first four are
+/// A resource the fake serves: its index in [`RESOURCES`] (the first five are
 /// [`Kind`]s, in [`Kind::ALL`] order).
 type Res = usize;
 
@@ -69,7 +69,7 @@ const fn res(
 }
 
 /// Everything served: the watched kinds first, then what the signer uses.
-const RESOURCES: [ResInfo; 8] = [
+const RESOURCES: [ResInfo; 9] = [
     res("", "v1", "namespaces", "Namespace", false),
     res("", "v1", "nodes", "Node", false),
     res("", "v1", "pods", "Pod", true),
@@ -79,6 +79,13 @@ const RESOURCES: [ResInfo; 8] = [
         "networkpolicies",
         "NetworkPolicy",
         true,
+    ),
+    res(
+        "policy.networking.k8s.io",
+        "v1alpha2",
+        "clusternetworkpolicies",
+        "ClusterNetworkPolicy",
+        false,
     ),
     res(
         "certificates.k8s.io",
@@ -92,7 +99,7 @@ const RESOURCES: [ResInfo; 8] = [
     res("", "v1", "configmaps", "ConfigMap", true),
 ];
 const N_RES: usize = RESOURCES.len();
-const CSR: Res = 4;
+const CSR: Res = 5;
 
 impl ResInfo {
     fn api_version(&self) -> String {

@@ -1,5 +1,7 @@
-//! The Kubernetes API source of `netward node`: watchers on Namespaces, Nodes, Pods
-//! and NetworkPolicies that feed the same [`Cluster`] → [`Snapshot::compile`] as the
+//! The Kubernetes API source of `netward node`: watchers on Namespaces, Nodes, Pods,
+//! NetworkPolicies and ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`; its
+//! CRD must be installed, `deploy/crds/`: until it can be listed the node agent is not
+//! ready and denies every new flow) that feed the same [`Cluster`] → [`Snapshot::compile`] as the
 //! manifest files.
 //!
 //! - Objects are converted to the engine's model on every event and the k8s objects
@@ -39,6 +41,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::cluster::{Cluster, ObjectKey};
+use crate::cluster_policy::{self, ClusterNetworkPolicy};
 use crate::model::{Namespace, NetworkPolicy, Node, Pod};
 use crate::snapshot::Snapshot;
 
@@ -49,6 +52,7 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("", "nodes"),
     ("", "pods"),
     ("networking.k8s.io", "networkpolicies"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
 ];
 
 /// Errors of the API source.
@@ -87,11 +91,19 @@ pub enum Kind {
     Pod,
     /// `networking.k8s.io/networkpolicies`.
     NetworkPolicy,
+    /// `policy.networking.k8s.io/clusternetworkpolicies` (v1alpha2).
+    ClusterNetworkPolicy,
 }
 
 impl Kind {
     /// Every kind, in [`WATCHED`] order.
-    pub const ALL: [Kind; 4] = [Kind::Namespace, Kind::Node, Kind::Pod, Kind::NetworkPolicy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
+    ];
 
     fn index(self) -> usize {
         self as usize
@@ -118,9 +130,9 @@ pub struct SyncStatus {
     started_unix: u64,
     ready: AtomicBool,
     /// Per kind: ms since `started` of the last successful API response or event (+1, 0 = never).
-    last_ok_ms: [AtomicU64; 4],
+    last_ok_ms: [AtomicU64; 5],
     /// Per kind: ms since `started` of the last error (+1, 0 = never).
-    last_error_ms: [AtomicU64; 4],
+    last_error_ms: [AtomicU64; 5],
     relists: AtomicU64,
     errors: AtomicU64,
     events: AtomicU64,
@@ -385,6 +397,7 @@ enum Obj {
     Node(Node),
     Pod(Pod),
     Policy(NetworkPolicy),
+    ClusterPolicy(ClusterNetworkPolicy),
     /// Could not be converted: treated as absent (a pod that cannot be parsed cannot be
     /// enforced, and its IPs are not diverted).
     Invalid(ObjectKey),
@@ -451,6 +464,15 @@ fn convert_policy(np: &net::NetworkPolicy) -> Obj {
     Obj::Policy(p)
 }
 
+fn convert_cluster_policy(cnp: &cluster_policy::api::ClusterNetworkPolicy) -> Obj {
+    let p = ClusterNetworkPolicy::from_api(cnp);
+    if !p.errors.is_empty() {
+        let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
+        warn!(policy.name = %p.name, errors = ?errors, "invalid ClusterNetworkPolicy: it denies what its subject selects");
+    }
+    Obj::ClusterPolicy(p)
+}
+
 type Item = (Kind, std::result::Result<Change, watcher::Error>);
 
 fn stream<K>(client: &Client, kind: Kind, convert: fn(&K) -> Obj) -> BoxStream<'static, Item>
@@ -512,6 +534,11 @@ fn api_streams(client: &Client) -> SelectAll<BoxStream<'static, Item>> {
         stream::<core::Node>(client, Kind::Node, convert_node),
         namespaced_stream::<core::Pod>(client, Kind::Pod, convert_pod),
         namespaced_stream::<net::NetworkPolicy>(client, Kind::NetworkPolicy, convert_policy),
+        stream::<cluster_policy::api::ClusterNetworkPolicy>(
+            client,
+            Kind::ClusterNetworkPolicy,
+            convert_cluster_policy,
+        ),
     ])
 }
 
@@ -530,9 +557,9 @@ enum Dirty {
 struct State {
     cluster: Cluster,
     /// Per kind: the objects of a list in progress (between `Init` and `InitDone`).
-    listing: [Option<Vec<Obj>>; 4],
+    listing: [Option<Vec<Obj>>; 5],
     /// Per kind: how many initial lists completed.
-    lists_done: [u64; 4],
+    lists_done: [u64; 5],
     dirty: Dirty,
 }
 
@@ -541,7 +568,7 @@ impl State {
         State {
             cluster: Cluster::default(),
             listing: Default::default(),
-            lists_done: [0; 4],
+            lists_done: [0; 5],
             dirty: Dirty::Clean,
         }
     }
@@ -603,6 +630,7 @@ impl State {
             Kind::Node => c.nodes.clear(),
             Kind::Pod => c.pods.clear(),
             Kind::NetworkPolicy => c.policies.clear(),
+            Kind::ClusterNetworkPolicy => c.cluster_policies.clear(),
         }
         for obj in objs {
             insert(c, obj);
@@ -648,6 +676,7 @@ impl State {
                 return;
             }
             Kind::NetworkPolicy => c.policies.remove(key).is_some(),
+            Kind::ClusterNetworkPolicy => c.cluster_policies.remove(&key.1).is_some(),
         };
         if removed {
             ensure_namespaces(c);
@@ -662,6 +691,7 @@ fn unchanged(c: &Cluster, obj: &Obj) -> bool {
         Obj::Node(n) => c.nodes.get(&n.name) == Some(n),
         Obj::Policy(p) => c.policies.get(&(p.namespace.clone(), p.name.clone())) == Some(p),
         Obj::Pod(p) => c.pods.get(&(p.namespace.clone(), p.name.clone())) == Some(p),
+        Obj::ClusterPolicy(p) => c.cluster_policies.get(&p.name) == Some(p),
         Obj::Invalid(_) => false,
     }
 }
@@ -672,6 +702,7 @@ fn insert(c: &mut Cluster, obj: Obj) {
         Obj::Node(n) => c.upsert_node(n),
         Obj::Pod(p) => c.upsert_pod(p),
         Obj::Policy(p) => c.upsert_policy(p),
+        Obj::ClusterPolicy(p) => c.upsert_cluster_policy(p),
         Obj::Invalid(_) => {}
     }
 }
@@ -796,6 +827,7 @@ async fn run_streams<S>(
                         pods = state.cluster.pods.len(),
                         namespaces = state.cluster.namespaces.len(),
                         policies = state.cluster.policies.len(),
+                        cluster_policies = state.cluster.cluster_policies.len(),
                         nodes = state.cluster.nodes.len(),
                         sync_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                         compile_ms = took_ms,

@@ -80,7 +80,8 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_name = "WHEN", value_parser = parse_when)]
     until: Option<Millis>,
     /// Only records whose egress or ingress side names this policy (`namespace/name`), as
-    /// the rule that allowed it or as an isolating policy.
+    /// the rule that allowed it or as an isolating policy; or
+    /// `ClusterNetworkPolicy/NAME`, the ClusterNetworkPolicy whose rule decided a side.
     #[arg(long, value_name = "NS/NAME", value_parser = parse_policy)]
     policy: Option<String>,
     /// Output: `table`, or `json` (the matching records as JSON lines, unchanged; with

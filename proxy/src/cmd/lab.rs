@@ -31,7 +31,8 @@ named); 2 bad input or usage (an unknown scenario, invalid manifests, a bad flag
 the lab could not be built or run; 77 not root.")]
 pub(crate) struct LabArgs {
     /// A bundled scenario (three-tier, rogue-pod, namespace-isolation, dns-egress,
-    /// metadata-block) or a directory of Kubernetes YAML files, applied in name order.
+    /// metadata-block, cluster-guardrails) or a directory of Kubernetes YAML files, applied
+    /// in name order.
     #[arg(default_value = "three-tier")]
     scenario: String,
     /// Leave the lab running, and print how to try the tutorial's commands in it.

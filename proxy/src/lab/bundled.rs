@@ -111,4 +111,33 @@ pub const SCENARIOS: &[(&str, &[(&str, &str)])] = &[
             ),
         ],
     ),
+    (
+        "cluster-guardrails",
+        &[
+            (
+                "00-cluster.yaml",
+                include_str!("../../../examples/cluster-guardrails/00-cluster.yaml"),
+            ),
+            (
+                "10-admin-block-metadata.yaml",
+                include_str!("../../../examples/cluster-guardrails/10-admin-block-metadata.yaml"),
+            ),
+            (
+                "20-apps-allow-all-egress.yaml",
+                include_str!("../../../examples/cluster-guardrails/20-apps-allow-all-egress.yaml"),
+            ),
+            (
+                "30-baseline-default-deny.yaml",
+                include_str!("../../../examples/cluster-guardrails/30-baseline-default-deny.yaml"),
+            ),
+            (
+                "40-shop-allows-frontend.yaml",
+                include_str!("../../../examples/cluster-guardrails/40-shop-allows-frontend.yaml"),
+            ),
+            (
+                "expect.yaml",
+                include_str!("../../../examples/cluster-guardrails/expect.yaml"),
+            ),
+        ],
+    ),
 ];

@@ -152,6 +152,7 @@ fn is_only_netward(text: &str) -> bool {
     m.cluster.pods.is_empty()
         && m.workloads.is_empty()
         && m.cluster.policies.is_empty()
+        && m.cluster.cluster_policies.is_empty()
         && m.cluster.namespaces.is_empty()
         && m.cluster.services.is_empty()
         && !m.netward.is_empty()

@@ -1,0 +1,1337 @@
+//! ClusterNetworkPolicy (`policy.networking.k8s.io/v1alpha2`): the upstream conformance
+//! suite's cases (kubernetes-sigs/network-policy-api `conformance/tests`, the
+//! `CNPAdminTier*` and `CNPBaselineTier*` tests) written as table tests from their
+//! published expectations, on the suite's own cast: four houses of two pods each.
+//!
+//! Each case names the upstream test it comes from; where netward decides something the
+//! API leaves to the implementation (ties between equal priorities), the case says so.
+#![allow(clippy::unwrap_used)] // tests: a panic is a failure
+
+mod common;
+
+use common::{flow, manifests};
+use netward_controller::Protocol::{self, Sctp, Tcp, Udp};
+use netward_controller::Snapshot;
+
+const HARRY0: &str = "network-policy-conformance-gryffindor/harry-potter-0";
+const HARRY1: &str = "network-policy-conformance-gryffindor/harry-potter-1";
+const DRACO0: &str = "network-policy-conformance-slytherin/draco-malfoy-0";
+const DRACO1: &str = "network-policy-conformance-slytherin/draco-malfoy-1";
+const CEDRIC0: &str = "network-policy-conformance-hufflepuff/cedric-diggory-0";
+const CEDRIC1: &str = "network-policy-conformance-hufflepuff/cedric-diggory-1";
+const LUNA0: &str = "network-policy-conformance-ravenclaw/luna-lovegood-0";
+/// node-1 (kubernetes.io/os: linux), where the host-networked centaur-1 runs.
+const NODE1: &str = "198.18.0.1";
+/// node-3 (kubernetes.io/os: windows).
+const NODE3: &str = "198.18.0.3";
+/// The metadata endpoint's stand-in (169.254.169.254 in the tutorials).
+const METADATA: &str = "198.19.255.254";
+/// A host on the internet.
+const INTERNET: &str = "198.19.255.1";
+
+/// The conformance suite's base (`conformance/base/manifests.yaml`): four namespaces
+/// labelled `conformance-house`, two pods each, serving TCP 80 and 8080, UDP 53 and
+/// 5353, SCTP 9003 and 9005; the experimental tests' named port `web` (TCP 80) and a
+/// `dns` port (UDP 53) for named ports per protocol; nodes, and a host-networked pod.
+fn base() -> String {
+    let mut y = String::new();
+    for (i, (house, who)) in [
+        ("gryffindor", "harry-potter"),
+        ("slytherin", "draco-malfoy"),
+        ("hufflepuff", "cedric-diggory"),
+        ("ravenclaw", "luna-lovegood"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        y.push_str(&format!(
+            r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: network-policy-conformance-{house}, labels: {{conformance-house: {house}}}}}
+"#
+        ));
+        for n in 0..2 {
+            y.push_str(&format!(
+                r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {who}-{n}, namespace: network-policy-conformance-{house}, labels: {{conformance-house: {house}}}}}
+spec:
+  nodeName: node-2
+  containers:
+    - name: c
+      image: agnhost
+      ports:
+        - {{name: web, containerPort: 80}}
+        - {{containerPort: 8080}}
+        - {{name: dns, containerPort: 53, protocol: UDP}}
+        - {{containerPort: 5353, protocol: UDP}}
+        - {{containerPort: 9003, protocol: SCTP}}
+        - {{containerPort: 9005, protocol: SCTP}}
+status: {{podIP: 198.18.{}.{}}}
+"#,
+                10 + i,
+                n + 1
+            ));
+        }
+    }
+    y.push_str(
+        r#"
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: network-policy-conformance-forbidden-forrest, labels: {conformance-house: forbidden-forrest}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: centaur-1, namespace: network-policy-conformance-forbidden-forrest, labels: {conformance-house: forbidden-forrest}}
+spec: {nodeName: node-1, hostNetwork: true, containers: [{name: c, image: agnhost}]}
+status: {podIP: 198.18.0.1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-1, labels: {kubernetes.io/os: linux}}
+status: {addresses: [{type: InternalIP, address: 198.18.0.1}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-2, labels: {kubernetes.io/os: linux}}
+status: {addresses: [{type: InternalIP, address: 198.18.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-3, labels: {kubernetes.io/os: windows}}
+status: {addresses: [{type: InternalIP, address: 198.18.0.3}]}
+"#,
+    );
+    y
+}
+
+/// Compiles the base plus `extra`, which must read without errors.
+fn compile(extra: &str) -> Snapshot {
+    let m = manifests(&format!("{}\n---\n{extra}", base()));
+    assert!(m.errors.is_empty(), "unexpected errors: {:#?}", m.errors);
+    Snapshot::compile(&m.cluster)
+}
+
+struct Case {
+    /// The upstream conformance test (and sub-test) the expectations come from.
+    upstream: &'static str,
+    policies: &'static str,
+    /// (from, to, protocol, port, allowed)
+    checks: &'static [(&'static str, &'static str, Protocol, u16, bool)],
+}
+
+/// `conformance/base/admin_tier/standard-priority-field.yaml`, with the second
+/// policy's priority as the test sets it.
+const PRIORITY_FIELD: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: priority-50-example}
+spec:
+  tier: Admin
+  priority: 50
+  subject:
+    pods:
+      namespaceSelector: {matchLabels: {conformance-house: gryffindor}}
+      podSelector: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: deny-all-ingress-from-slytherin
+    action: Deny
+    from:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+  egress:
+  - name: deny-all-egress-to-slytherin
+    action: Deny
+    to:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: old-priority-60-new-priority-40-example}
+spec:
+  tier: Admin
+  priority: PRIORITY
+  subject:
+    pods:
+      namespaceSelector: {matchLabels: {conformance-house: gryffindor}}
+      podSelector: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: pass-all-ingress-from-slytherin
+    action: Pass
+    from:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+  egress:
+  - name: pass-all-egress-to-slytherin
+    action: Pass
+    to:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: default}
+spec:
+  tier: Baseline
+  priority: 10
+  subject:
+    pods:
+      namespaceSelector: {matchLabels: {conformance-house: gryffindor}}
+      podSelector: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: allow-all-ingress-from-slytherin
+    action: Accept
+    from:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+  egress:
+  - name: allow-all-egress-to-slytherin
+    action: Accept
+    to:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+"#;
+
+/// `conformance/base/api_integration/standard-anp-np-banp.yaml`: an Admin policy whose
+/// actions the test turns from Deny to Pass, a NetworkPolicy, a Baseline Deny.
+const INTEGRATION: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pass-example}
+spec:
+  tier: Admin
+  priority: 10
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: deny-all-ingress-from-slytherin
+    action: INGRESS_ACTION
+    from:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+  egress:
+  - name: deny-all-egress-to-slytherin
+    action: EGRESS_ACTION
+    to:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: default}
+spec:
+  tier: Baseline
+  priority: 10
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: deny-all-ingress-from-slytherin
+    action: Deny
+    from:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+  egress:
+  - name: deny-all-egress-to-slytherin
+    action: Deny
+    to:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+"#;
+
+/// The integration test's NetworkPolicy (deleted by its last two sub-tests).
+const INTEGRATION_NP: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-gress-from-to-slytherin-to-gryffindor, namespace: network-policy-conformance-gryffindor}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+  egress:
+  - to:
+    - namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+"#;
+
+/// `conformance/base/admin_tier/standard-same-priority.yaml`.
+const SAME_PRIORITY: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: same-priority-gryffindor-slytherin}
+spec:
+  tier: Admin
+  priority: 15
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-gryffindor}}
+  ingress:
+  - name: deny-from-slytherin-at-port-80
+    action: Deny
+    from:
+    - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}
+    protocols:
+    - tcp: {destinationPort: {number: 80}}
+  egress:
+  - name: deny-to-slytherin-at-port-80
+    action: Deny
+    to:
+    - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}
+    protocols:
+    - tcp: {destinationPort: {number: 80}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: same-priority-gryffindor-hufflepuff}
+spec:
+  tier: Admin
+  priority: 15
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-gryffindor}}
+  ingress:
+  - name: deny-from-hufflepuff-at-port-80
+    action: Deny
+    from:
+    - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}
+    protocols:
+    - tcp: {destinationPort: {number: 80}}
+  egress:
+  - name: deny-to-hufflepuff-at-port-80
+    action: Deny
+    to:
+    - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}
+    protocols:
+    - tcp: {destinationPort: {number: 80}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: same-priority-hufflepuff-slytherin}
+spec:
+  tier: Admin
+  priority: 15
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}
+  ingress:
+  - name: deny-from-slytherin-at-port-8080
+    action: Deny
+    from:
+    - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}
+    protocols:
+    - tcp: {destinationPort: {number: 8080}}
+  egress:
+  - name: deny-to-slytherin-at-port-8080
+    action: Deny
+    to:
+    - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}
+    protocols:
+    - tcp: {destinationPort: {number: 8080}}
+"#;
+
+const CASES: &[Case] = &[
+    Case {
+        upstream: "CNPAdminTierPriorityField: priority 50 Deny before priority 60 Pass",
+        policies: "PRIORITY_FIELD:60",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierPriorityField: priority 40 Pass before priority 50 Deny, Baseline Accept decides",
+        policies: "PRIORITY_FIELD:40",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIntegration: Admin Deny beats the NetworkPolicy's allow",
+        policies: "INTEGRATION:Deny:Deny:NP",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIntegration: pass-ingress, the NetworkPolicy allows",
+        policies: "INTEGRATION:Pass:Deny:NP",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIntegration: pass-egress, the NetworkPolicy allows",
+        policies: "INTEGRATION:Pass:Pass:NP",
+        checks: &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIntegration: Pass with the NetworkPolicy deleted, the Baseline Deny decides",
+        policies: "INTEGRATION:Pass:Pass",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, false),
+            // Not a peer of any rule: the default (allow).
+            (LUNA0, HARRY0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierSamePriority: every same-priority policy applies, none bleeds onto another's subject",
+        policies: "SAME_PRIORITY",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (CEDRIC0, HARRY0, Tcp, 80, false),
+            (HARRY1, CEDRIC0, Tcp, 80, false),
+            (DRACO1, CEDRIC0, Tcp, 8080, false),
+            (CEDRIC1, DRACO0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (DRACO1, CEDRIC0, Tcp, 80, true),
+            (CEDRIC0, DRACO0, Tcp, 80, true),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTier*: a NetworkPolicy that selects the pod overrides the Baseline tier",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: default}
+spec:
+  tier: Baseline
+  priority: 10
+  subject:
+    namespaces: {}
+  ingress:
+  - name: default-deny
+    action: Deny
+    from:
+    - namespaces: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-from-slytherin, namespace: network-policy-conformance-gryffindor}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+"#,
+        checks: &[
+            // The NetworkPolicy selects gryffindor's pods: its answer is final.
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, false),
+            // No NetworkPolicy selects hufflepuff's pods: the Baseline Deny decides.
+            (DRACO0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            // Egress is not in the Baseline policy.
+            (CEDRIC0, INTERNET, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTier*: Pass in the Baseline tier goes to the default (allow)",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: default}
+spec:
+  tier: Baseline
+  priority: 10
+  subject:
+    namespaces: {}
+  ingress:
+  - name: pass-slytherin
+    action: Pass
+    from:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+  - name: default-deny
+    action: Deny
+    from:
+    - namespaces: {}
+"#,
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressNamedPort (experimental): destinationNamedPort web is TCP 80 on the destination",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: egress-tcp}
+spec:
+  tier: Admin
+  priority: 3
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  egress:
+  - name: allow-to-hufflepuff-at-web
+    action: Accept
+    to:
+    - namespaces: {matchLabels: {conformance-house: hufflepuff}}
+    protocols:
+    - destinationNamedPort: web
+  - name: allow-to-hufflepuff-at-dns
+    action: Accept
+    to:
+    - namespaces: {matchLabels: {conformance-house: hufflepuff}}
+    protocols:
+    - destinationNamedPort: dns
+  - name: deny-to-hufflepuff
+    action: Deny
+    to:
+    - namespaces: {matchLabels: {conformance-house: hufflepuff}}
+"#,
+        checks: &[
+            (HARRY0, CEDRIC1, Tcp, 80, true),
+            (HARRY1, CEDRIC1, Tcp, 8080, false),
+            // A named port names one protocol: `web` is TCP, `dns` is UDP.
+            (HARRY0, CEDRIC1, Udp, 80, false),
+            (HARRY0, CEDRIC1, Udp, 53, true),
+            (HARRY0, CEDRIC1, Tcp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTier*PortRange: port ranges per protocol, and single numbers",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: port-ranges}
+spec:
+  tier: Admin
+  priority: 4
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: deny-ranges-from-slytherin
+    action: Deny
+    from:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+    protocols:
+    - tcp: {destinationPort: {range: {start: 8080, end: 8090}}}
+    - udp: {destinationPort: {range: {start: 5300, end: 5400}}}
+    - sctp: {destinationPort: {number: 9003}}
+"#,
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Tcp, 8090, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (DRACO0, HARRY0, Tcp, 8091, true),
+            (DRACO0, HARRY0, Udp, 5353, false),
+            (DRACO0, HARRY0, Udp, 53, true),
+            // The UDP range does not cover TCP.
+            (DRACO0, HARRY0, Tcp, 5353, true),
+            (DRACO0, HARRY0, Sctp, 9003, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressInlineCIDR: networks peers, pod addresses included",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: inline-cidrs}
+spec:
+  tier: Admin
+  priority: 5
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  egress:
+  - name: deny-metadata
+    action: Deny
+    to:
+    - networks: [198.19.255.254/32]
+  - name: deny-slytherin-by-cidr
+    action: Deny
+    to:
+    - networks: [198.18.11.0/24, "fd00::/64"]
+"#,
+        checks: &[
+            (HARRY0, METADATA, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, CEDRIC0, Tcp, 80, true),
+            // Only gryffindor is the subject.
+            (CEDRIC0, METADATA, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressNodePeers (experimental): Accept, Pass and Deny to nodes",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: node-and-cidr-as-peers-example}
+spec:
+  tier: Admin
+  priority: 75
+  subject:
+    pods:
+      namespaceSelector: {matchLabels: {conformance-house: gryffindor}}
+      podSelector: {matchLabels: {conformance-house: gryffindor}}
+  egress:
+  - name: allow-egress-to-34345-on-nodes
+    action: Accept
+    to:
+    - nodes: {matchLabels: {kubernetes.io/os: linux}}
+    protocols:
+    - tcp: {destinationPort: {number: 34345}}
+  - name: pass-egress-to-34347-on-nodes
+    action: Pass
+    to:
+    - nodes: {matchLabels: {kubernetes.io/os: linux}}
+    protocols:
+    - udp: {destinationPort: {number: 34347}}
+  - name: deny-egress-to-slytherin-and-nodes-and-internet
+    action: Deny
+    to:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {matchLabels: {conformance-house: slytherin}}
+    - nodes: {matchLabels: {kubernetes.io/os: linux}}
+    - networks: [0.0.0.0/0, "::/0"]
+"#,
+        checks: &[
+            (HARRY1, NODE1, Tcp, 34345, true),
+            (HARRY1, NODE1, Udp, 34347, true),
+            (HARRY1, NODE1, Tcp, 34346, false),
+            (HARRY1, NODE1, Udp, 34348, false),
+            (HARRY1, NODE1, Sctp, 34350, false),
+            (HARRY1, DRACO0, Tcp, 80, false),
+            (HARRY1, INTERNET, Tcp, 80, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressNodePeers (experimental): a nodes selector selects by the node's labels",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: linux-nodes-only}
+spec:
+  tier: Admin
+  priority: 75
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  egress:
+  - name: allow-linux-nodes
+    action: Accept
+    to:
+    - nodes: {matchLabels: {kubernetes.io/os: linux}}
+  - name: deny-node-network
+    action: Deny
+    to:
+    - networks: [198.18.0.0/24]
+"#,
+        checks: &[
+            (HARRY0, NODE1, Tcp, 10250, true),
+            (HARRY0, NODE3, Tcp, 10250, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTier ingress: an Admin Accept overrides a NetworkPolicy's deny; other sources still meet it",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: accept-slytherin}
+spec:
+  tier: Admin
+  priority: 20
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: accept-slytherin
+    action: Accept
+    from:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: slytherin}}
+        podSelector: {}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: network-policy-conformance-gryffindor}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"#,
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTier egress Accept: the destination's ingress still applies",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: accept-egress}
+spec:
+  tier: Admin
+  priority: 20
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  egress:
+  - name: accept-to-slytherin
+    action: Accept
+    to:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: network-policy-conformance-slytherin}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"#,
+        checks: &[(HARRY0, DRACO0, Tcp, 80, false)],
+    },
+    Case {
+        upstream: "CNPAdminTier*Rules: rules within one policy apply in the order written",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: ordered}
+spec:
+  tier: Admin
+  priority: 30
+  subject:
+    namespaces: {matchLabels: {conformance-house: gryffindor}}
+  ingress:
+  - name: accept-80-from-slytherin
+    action: Accept
+    from:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+    protocols:
+    - tcp: {destinationPort: {number: 80}}
+  - name: deny-slytherin
+    action: Deny
+    from:
+    - namespaces: {matchLabels: {conformance-house: slytherin}}
+"#,
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (DRACO0, HARRY0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "subject and peers: host-networked pods are neither subjects nor namespaces/pods peers",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: deny-pods-everywhere}
+spec:
+  tier: Admin
+  priority: 1
+  subject:
+    namespaces: {}
+  ingress:
+  - name: deny-from-every-pod
+    action: Deny
+    from:
+    - namespaces: {}
+"#,
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            // centaur-1's address is node-1's: not a pod peer.
+            (NODE1, HARRY0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "metadata tutorial (seed 004) as an Admin Deny: a namespace's allow-all cannot reopen it",
+        policies: r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: block-metadata}
+spec:
+  tier: Admin
+  priority: 0
+  subject:
+    namespaces: {}
+  egress:
+  - name: deny-metadata
+    action: Deny
+    to:
+    - networks: [198.19.255.254/32]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-all-egress, namespace: network-policy-conformance-gryffindor}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress: [{}]
+"#,
+        checks: &[
+            (HARRY0, METADATA, Tcp, 80, false),
+            (LUNA0, METADATA, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, true),
+        ],
+    },
+];
+
+fn policies(spec: &str) -> String {
+    let mut parts = spec.split(':');
+    match parts.next() {
+        Some("PRIORITY_FIELD") => PRIORITY_FIELD.replace("PRIORITY", parts.next().unwrap()),
+        Some("INTEGRATION") => {
+            let ingress = parts.next().unwrap();
+            let egress = parts.next().unwrap();
+            let mut y = INTEGRATION
+                .replace("INGRESS_ACTION", ingress)
+                .replace("EGRESS_ACTION", egress);
+            if parts.next() == Some("NP") {
+                y.push_str("\n---\n");
+                y.push_str(INTEGRATION_NP);
+            }
+            y
+        }
+        Some("SAME_PRIORITY") => SAME_PRIORITY.to_owned(),
+        _ => spec.to_owned(),
+    }
+}
+
+#[test]
+fn upstream_conformance_expectations() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let snap = compile(&policies(case.policies));
+        for (from, to, proto, port, want) in case.checks {
+            let d = snap.authorize(&flow(&snap, from, to, *proto, *port));
+            if d.allowed() != *want {
+                failures.push(format!(
+                    "{}: {from} -> {to} {proto}/{port}: want {}, got {} ({d:?})",
+                    case.upstream,
+                    if *want { "allowed" } else { "denied" },
+                    if d.allowed() { "allowed" } else { "denied" },
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// A side as a short string, naming the ClusterNetworkPolicy rule that decided it:
+/// `Admin/NAME[ingress 0 "rule-name"]:Deny`, or the NetworkPolicy side as `common::side`.
+fn reason(snap: &Snapshot, d: &netward_controller::Decision, ingress: bool) -> String {
+    use netward_controller::render::DecisionReport;
+    let f = flow_placeholder();
+    let r = DecisionReport::new(snap, &f, d);
+    let side = if ingress { r.ingress } else { r.egress };
+    match &side.cluster_policy {
+        Some(c) => format!(
+            "{}/{}[{}{}]:{}",
+            c.tier,
+            c.policy,
+            c.rule,
+            c.rule_name
+                .as_deref()
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default(),
+            c.action
+        ),
+        None => common::side(snap, if ingress { &d.ingress } else { &d.egress }),
+    }
+}
+
+/// A flow for naming a decision's sides (the pods are not shown by `reason`).
+fn flow_placeholder() -> netward_controller::Flow {
+    netward_controller::Flow {
+        src: netward_controller::Endpoint::default(),
+        dst: netward_controller::Endpoint::default(),
+        protocol: Tcp,
+        port: 80,
+        transport: netward_controller::Transport::Plaintext,
+    }
+}
+
+/// The reason names the tier, the ClusterNetworkPolicy and its rule (index and name);
+/// `explain` prints them.
+#[test]
+fn reasons_name_tier_policy_and_rule() {
+    // (policies, from, to, proto, port, egress reason, ingress reason)
+    let cases: &[(&str, &str, &str, Protocol, u16, &str, &str)] = &[
+        (
+            "PRIORITY_FIELD:60",
+            DRACO0,
+            HARRY0,
+            Tcp,
+            80,
+            "not-isolated",
+            "Admin/priority-50-example[0 deny-all-ingress-from-slytherin]:Deny",
+        ),
+        (
+            "PRIORITY_FIELD:40",
+            HARRY0,
+            DRACO0,
+            Tcp,
+            80,
+            "Baseline/default[0 allow-all-egress-to-slytherin]:Accept",
+            "not-isolated",
+        ),
+        (
+            "INTEGRATION:Pass:Pass:NP",
+            DRACO0,
+            HARRY0,
+            Tcp,
+            80,
+            "not-isolated",
+            "allowed:network-policy-conformance-gryffindor/allow-gress-from-to-slytherin-to-gryffindor[0]",
+        ),
+        (
+            "INTEGRATION:Pass:Pass",
+            HARRY0,
+            DRACO0,
+            Tcp,
+            80,
+            "Baseline/default[0 deny-all-egress-to-slytherin]:Deny",
+            "not-isolated",
+        ),
+    ];
+    for (pol, from, to, proto, port, eg, ing) in cases {
+        let snap = compile(&policies(pol));
+        let f = flow(&snap, from, to, *proto, *port);
+        let d = snap.authorize(&f);
+        assert_eq!(
+            (
+                reason(&snap, &d, false).as_str(),
+                reason(&snap, &d, true).as_str()
+            ),
+            (*eg, *ing),
+            "{pol}: {from} -> {to}"
+        );
+    }
+    // explain's text and JSON carry the same.
+    let snap = compile(&policies("PRIORITY_FIELD:60"));
+    let f = flow(&snap, DRACO0, HARRY0, Tcp, 80);
+    let text =
+        netward_controller::render::explain_text(&snap, DRACO0, HARRY0, &f, &snap.explain(&f));
+    assert!(
+        text.contains(
+            "ingress (network-policy-conformance-gryffindor/harry-potter-0): denied by \
+             ClusterNetworkPolicy priority-50-example (Admin tier, priority 50) ingress[0] \
+             \"deny-all-ingress-from-slytherin\" (Deny)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ClusterNetworkPolicy old-priority-60-new-priority-40-example [Admin tier, priority 60]"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(netward_controller::render::ExplainReport::new(
+        &snap,
+        DRACO0,
+        HARRY0,
+        &f,
+        &snap.explain(&f),
+    ))
+    .unwrap();
+    assert_eq!(
+        json["decision"]["ingress"]["cluster_policy"],
+        serde_json::json!({"tier": "Admin", "policy": "priority-50-example", "priority": 50,
+            "rule": 0, "rule_name": "deny-all-ingress-from-slytherin", "action": "Deny"})
+    );
+    // A NetworkPolicy's decision carries no cluster_policy (the audit record is unchanged).
+    assert!(json["decision"]["egress"].get("cluster_policy").is_none());
+}
+
+/// Ties between equal priorities are the implementation's choice upstream ("the
+/// implementation can apply any of the matching policies"); netward's is deterministic and
+/// fails closed: Deny, then Pass, then Accept, then the first by name.
+#[test]
+fn equal_priorities_tie_on_the_most_restrictive_action() {
+    let tie = |a: &str, b: &str| {
+        format!(
+            r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: a-first}}
+spec:
+  tier: Admin
+  priority: 7
+  subject: {{namespaces: {{matchLabels: {{conformance-house: gryffindor}}}}}}
+  ingress: [{{name: a-rule, action: {a}, from: [{{namespaces: {{matchLabels: {{conformance-house: slytherin}}}}}}]}}]
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: b-second}}
+spec:
+  tier: Admin
+  priority: 7
+  subject: {{namespaces: {{matchLabels: {{conformance-house: gryffindor}}}}}}
+  ingress: [{{name: b-rule, action: {b}, from: [{{namespaces: {{matchLabels: {{conformance-house: slytherin}}}}}}]}}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: deny-all, namespace: network-policy-conformance-gryffindor}}
+spec: {{podSelector: {{}}, policyTypes: [Ingress]}}
+"#
+        )
+    };
+    let cases = [
+        ("Accept", "Deny", "Admin/b-second[0 b-rule]:Deny"),
+        ("Deny", "Accept", "Admin/a-first[0 a-rule]:Deny"),
+        // Pass beats Accept: the NetworkPolicy then decides (it denies).
+        (
+            "Accept",
+            "Pass",
+            "denied:network-policy-conformance-gryffindor/deny-all",
+        ),
+        ("Accept", "Accept", "Admin/a-first[0 a-rule]:Accept"),
+    ];
+    for (a, b, want) in cases {
+        let snap = compile(&tie(a, b));
+        let d = snap.authorize(&flow(&snap, DRACO0, HARRY0, Tcp, 80));
+        assert_eq!(reason(&snap, &d, true), want, "{a} vs {b}");
+    }
+}
+
+/// Invalid objects: each error names the object, the field and the value; the policy
+/// then denies what its subject selects, in the directions it has (both when it cannot
+/// be decoded), at its tier and priority (Admin and 0 when those are the problem).
+#[test]
+fn invalid_cluster_policies_fail_closed_with_field_errors() {
+    // (spec or whole object, field, message fragment, probes that must be denied,
+    //  probes that must stay allowed)
+    type Probe = (&'static str, &'static str);
+    type InvalidCase = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [Probe],
+        &'static [Probe],
+    );
+    let cases: &[InvalidCase] = &[
+        (
+            "tier: Admin\n  priority: 1001\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, from: [{namespaces: {}}]}]",
+            "spec.priority",
+            "priority 1001 is out of range 0-1000",
+            &[(DRACO0, HARRY0)],
+            &[(HARRY0, DRACO0), (HARRY0, CEDRIC0)],
+        ),
+        (
+            "tier: Platform\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{namespaces: {}}]}]",
+            "spec.tier",
+            "unknown tier \"Platform\"",
+            &[(HARRY0, DRACO0)],
+            &[(DRACO0, HARRY0)],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Allow, from: [{namespaces: {}}]}]",
+            "spec.ingress[0].action",
+            "unknown action \"Allow\"",
+            &[(DRACO0, HARRY0)],
+            &[(DRACO0, CEDRIC0)],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}, pods: {podSelector: {}}}\n  ingress: [{action: Accept, from: [{namespaces: {}}]}]",
+            "spec.subject",
+            "not both",
+            // The subject itself is invalid: every pod.
+            &[(DRACO0, HARRY0), (HARRY0, CEDRIC0)],
+            &[],
+        ),
+        (
+            "tier: Baseline\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Deny, to: [{pods: {namespaceSelector: {}}}]}]",
+            "spec.egress[0].to[0].pods.podSelector",
+            "required",
+            &[(HARRY0, DRACO0)],
+            &[(DRACO0, HARRY0)],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Deny, to: [{networks: [198.19.255.0/33]}]}]",
+            "spec.egress[0].to[0].networks[0]",
+            "invalid CIDR \"198.19.255.0/33\"",
+            &[(HARRY0, INTERNET)],
+            &[(CEDRIC0, INTERNET)],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{domainNames: [\"*.example.org\"]}]}]",
+            "spec.egress[0].to[0].domainNames",
+            "not supported",
+            &[(HARRY0, INTERNET)],
+            &[(CEDRIC0, INTERNET)],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {range: {start: 90, end: 80}}}}]}]",
+            "spec.ingress[0].protocols[0].tcp.destinationPort.range",
+            "start port 90 must be less than end port 80",
+            &[(DRACO0, HARRY0)],
+            &[],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{networks: [198.19.0.0/16]}], protocols: [{destinationNamedPort: web}]}]",
+            "spec.egress[0]",
+            "destinationNamedPort",
+            &[(HARRY0, INTERNET)],
+            &[],
+        ),
+        (
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, form: [{namespaces: {}}]}]",
+            "spec.ingress[0].form",
+            "did you mean \"from\"",
+            // Undecodable: every pod, both directions.
+            &[(DRACO0, CEDRIC0), (LUNA0, INTERNET)],
+            &[],
+        ),
+        (
+            // Ingress peers have no nodes (only egress ones do).
+            "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, from: [{nodes: {}}]}]",
+            "spec.ingress[0].from[0].nodes",
+            "unknown field \"nodes\"",
+            &[(DRACO0, CEDRIC0)],
+            &[],
+        ),
+    ];
+    for (spec, field, fragment, denied, allowed) in cases {
+        let yaml = format!(
+            "{}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: broken}}\nspec:\n  {spec}\n",
+            base()
+        );
+        let m = manifests(&yaml);
+        let errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("ClusterNetworkPolicy broken")
+                    && e.contains(&format!("{field}: "))
+                    && e.contains(fragment)),
+            "{field}: want an error naming it with {fragment:?}, got {errors:#?}"
+        );
+        let snap = Snapshot::compile(&m.cluster);
+        assert_eq!(snap.invalid_cluster_policies().count(), 1, "{field}");
+        for (from, to) in *denied {
+            let d = snap.authorize(&flow(&snap, from, to, Tcp, 80));
+            assert!(
+                !d.allowed(),
+                "{field}: {from} -> {to} must be denied: {d:?}"
+            );
+        }
+        for (from, to) in *allowed {
+            let d = snap.authorize(&flow(&snap, from, to, Tcp, 80));
+            assert!(
+                d.allowed(),
+                "{field}: {from} -> {to} must stay allowed: {d:?}"
+            );
+        }
+    }
+}
+
+/// Other network-policy-api kinds are errors, never silently skipped, and so is a
+/// ClusterNetworkPolicy of another version.
+#[test]
+fn unsupported_policy_kinds_and_versions_are_errors() {
+    let m = manifests(
+        r#"
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: anp}
+spec: {priority: 1, subject: {namespaces: {}}}
+---
+apiVersion: policy.networking.k8s.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: newer}
+spec: {tier: Admin, priority: 1, subject: {namespaces: {}}, egress: [{action: Accept, to: [{namespaces: {}}]}]}
+"#,
+    );
+    let errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("AdminNetworkPolicy anp") && e.contains("is not supported")),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ClusterNetworkPolicy newer")
+                && e.contains(
+                    "apiVersion: unsupported version \"policy.networking.k8s.io/v1beta1\""
+                )),
+        "{errors:#?}"
+    );
+    assert_eq!(m.cluster.invalid_cluster_policies().count(), 1);
+}
+
+/// One pod's change (labels that make it a subject or a peer) applied incrementally
+/// equals a full compile.
+#[test]
+fn incremental_pod_updates_follow_subjects_and_peers() {
+    let m = manifests(&format!("{}\n---\n{}", base(), policies("SAME_PRIORITY")));
+    let snap = Snapshot::compile(&m.cluster);
+    let mut cluster = m.cluster.clone();
+    // A new gryffindor pod (a subject of two policies, a peer of none) and a slytherin
+    // pod gone (a peer of three).
+    let mut newcomer = netward_controller::model::Pod::new(
+        "network-policy-conformance-gryffindor",
+        "hermione-granger-0",
+        [("conformance-house".to_owned(), "gryffindor".to_owned())].into(),
+    );
+    newcomer.ips = vec!["198.18.10.9".parse().unwrap()];
+    newcomer.node = Some("node-2".to_owned());
+    cluster.upsert_pod(newcomer.clone());
+    cluster.pods.remove(&(
+        "network-policy-conformance-slytherin".to_owned(),
+        "draco-malfoy-1".to_owned(),
+    ));
+    let incremental = snap
+        .with_pod(newcomer)
+        .without_pod("network-policy-conformance-slytherin", "draco-malfoy-1");
+    let full = Snapshot::compile(&cluster);
+    let probes = [
+        (
+            DRACO0,
+            "network-policy-conformance-gryffindor/hermione-granger-0",
+        ),
+        (
+            "network-policy-conformance-gryffindor/hermione-granger-0",
+            DRACO0,
+        ),
+        (
+            "network-policy-conformance-gryffindor/hermione-granger-0",
+            CEDRIC0,
+        ),
+        (
+            LUNA0,
+            "network-policy-conformance-gryffindor/hermione-granger-0",
+        ),
+        ("198.18.11.2", HARRY0),
+    ];
+    for (from, to) in probes {
+        for port in [80, 8080] {
+            let a = incremental.authorize(&flow(&incremental, from, to, Tcp, port));
+            let b = full.authorize(&flow(&full, from, to, Tcp, port));
+            assert_eq!(a.allowed(), b.allowed(), "{from} -> {to} {port}");
+        }
+    }
+    // And the newcomer is a subject: slytherin cannot reach it on 80.
+    let d = incremental.authorize(&flow(
+        &incremental,
+        DRACO0,
+        "network-policy-conformance-gryffindor/hermione-granger-0",
+        Tcp,
+        80,
+    ));
+    assert!(!d.allowed());
+}
+
+/// `deploy/crds/clusternetworkpolicies.yaml` (written for netward after the upstream
+/// CRD) has the shape the decoder reads: the same fields at every level, the tier and
+/// action enums, the priority bounds. A field in one and not the other would be an
+/// object the API server accepts and netward rejects (or the reverse).
+#[test]
+fn the_bundled_crd_matches_the_decoder() {
+    use std::collections::BTreeSet;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/crds/clusternetworkpolicies.yaml");
+    let crd: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(crd["spec"]["group"], "policy.networking.k8s.io");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha2");
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let keys = |v: &serde_yaml::Value| -> BTreeSet<String> {
+        v["properties"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let set = |xs: &[&str]| -> BTreeSet<String> { xs.iter().map(|s| (*s).to_owned()).collect() };
+    assert_eq!(
+        keys(spec),
+        set(&["tier", "priority", "subject", "ingress", "egress"])
+    );
+    assert_eq!(spec["properties"]["priority"]["minimum"], 0);
+    assert_eq!(spec["properties"]["priority"]["maximum"], 1000);
+    assert_eq!(
+        spec["properties"]["tier"]["enum"],
+        serde_yaml::to_value(["Admin", "Baseline"]).unwrap()
+    );
+    assert_eq!(
+        keys(&spec["properties"]["subject"]),
+        set(&["namespaces", "pods"])
+    );
+    let ingress = &spec["properties"]["ingress"]["items"];
+    let egress = &spec["properties"]["egress"]["items"];
+    assert_eq!(keys(ingress), set(&["name", "action", "from", "protocols"]));
+    assert_eq!(keys(egress), set(&["name", "action", "to", "protocols"]));
+    assert_eq!(
+        ingress["properties"]["action"]["enum"],
+        serde_yaml::to_value(["Accept", "Deny", "Pass"]).unwrap()
+    );
+    assert_eq!(
+        keys(&ingress["properties"]["from"]["items"]),
+        set(&["namespaces", "pods"])
+    );
+    assert_eq!(
+        keys(&egress["properties"]["to"]["items"]),
+        set(&["namespaces", "pods", "nodes", "networks", "domainNames"])
+    );
+    let protocol = &ingress["properties"]["protocols"]["items"];
+    assert_eq!(
+        keys(protocol),
+        set(&["tcp", "udp", "sctp", "destinationNamedPort"])
+    );
+    let port = &protocol["properties"]["tcp"]["properties"]["destinationPort"];
+    assert_eq!(keys(port), set(&["number", "range"]));
+    assert_eq!(keys(&port["properties"]["range"]), set(&["start", "end"]));
+    assert_eq!(
+        keys(&spec["properties"]["subject"]["properties"]["pods"]),
+        set(&["namespaceSelector", "podSelector"])
+    );
+    // Every field the CRD has, the decoder reads without an unknown-field error: an
+    // object using all of them (but domainNames) decodes cleanly and is valid.
+    let m = manifests(
+        r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: every-field}
+spec:
+  tier: Baseline
+  priority: 1000
+  subject: {pods: {namespaceSelector: {matchExpressions: [{key: a, operator: Exists}]}, podSelector: {matchLabels: {a: b}}}}
+  ingress:
+  - name: r
+    action: Pass
+    from: [{namespaces: {}}, {pods: {podSelector: {}}}]
+    protocols: [{tcp: {destinationPort: {number: 1}}}, {udp: {destinationPort: {range: {start: 1, end: 2}}}}, {sctp: {destinationPort: {number: 3}}}, {destinationNamedPort: web}]
+  egress:
+  - action: Accept
+    to: [{nodes: {matchLabels: {a: b}}}, {networks: ["198.18.0.0/15"]}]
+status: {conditions: []}
+"#,
+    );
+    assert!(m.errors.is_empty(), "{:#?}", m.errors);
+    assert_eq!(m.cluster.cluster_policies.len(), 1);
+}
