@@ -455,3 +455,37 @@ async fn cluster_network_policies_are_watched() {
     })
     .await;
 }
+
+/// Without the ClusterNetworkPolicy CRD (404 to its list) the node enforces
+/// NetworkPolicies alone instead of staying not ready, and picks ClusterNetworkPolicies
+/// up once the CRD is installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cluster_network_policy_crd_is_an_empty_tier_not_an_outage() {
+    let fake = FakeApi::new();
+    cluster(&fake);
+    fake.apply(&policy(
+        "t",
+        "b-from-a",
+        json!({"podSelector": {"matchLabels": {"app": "a"}}}),
+    ));
+    fake.set_not_installed(Kind::ClusterNetworkPolicy, true);
+    let mut src = start(fake, source::Options::default()).await;
+    src.wait("ready without the CRD", LIMIT, |s| {
+        s.is_ready() && allowed(s, A, B)
+    })
+    .await;
+    assert!(
+        !src.status.failing().contains(&Kind::ClusterNetworkPolicy),
+        "a missing CRD is not a failing watch"
+    );
+    // The CRD is installed and a policy created: the retrying watcher picks it up.
+    src.fake
+        .set_not_installed(Kind::ClusterNetworkPolicy, false);
+    src.fake.apply(&cluster_policy("guard", "Deny"));
+    src.wait(
+        "the Admin Deny enforced once the CRD exists",
+        Duration::from_secs(40),
+        |s| !allowed(s, A, B),
+    )
+    .await;
+}

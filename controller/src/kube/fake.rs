@@ -205,6 +205,8 @@ struct State {
     down: bool,
     /// Per kind: answer 500 to its lists and watches.
     unavailable: [bool; N_RES],
+    /// Resources whose CRD is not installed: 404 to their lists and watches.
+    not_installed: [bool; N_RES],
     /// Bearer token → user.
     users: BTreeMap<String, UserInfo>,
     /// For uids and generated names.
@@ -259,6 +261,7 @@ impl FakeApi {
                     compacted: 0,
                     down: false,
                     unavailable: [false; N_RES],
+                    not_installed: [false; N_RES],
                     users: BTreeMap::new(),
                     serial: 0,
                     gone_as_http: false,
@@ -353,6 +356,12 @@ impl FakeApi {
     /// Makes one resource unavailable (HTTP 500 to its lists and watches; kube's client retries a 503 itself for minutes) or available.
     pub fn set_unavailable(&self, kind: Kind, unavailable: bool) {
         self.with_state(|s| s.unavailable[kind as Res] = unavailable);
+    }
+
+    /// Uninstalls (or installs) one resource's CRD: while uninstalled, its lists and
+    /// watches are answered 404 NotFound, as the API server answers for a missing CRD.
+    pub fn set_not_installed(&self, kind: Kind, not_installed: bool) {
+        self.with_state(|s| s.not_installed[kind as Res] = not_installed);
     }
 
     /// Cuts every open watch mid-stream (the client sees a broken connection).
@@ -568,7 +577,17 @@ impl FakeApi {
                 &format!("{path} not found"),
             );
         };
-        let unavailable = self.inner.state.lock().unwrap().unavailable[route.res];
+        let (unavailable, not_installed) = {
+            let s = self.inner.state.lock().unwrap();
+            (s.unavailable[route.res], s.not_installed[route.res])
+        };
+        if not_installed {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
         if unavailable {
             return status(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -723,6 +723,16 @@ fn ensure_namespaces(c: &mut Cluster) {
     }
 }
 
+/// Whether a watch error says the resource does not exist on the server (its CRD is not
+/// installed): a 404 to the initial list.
+fn crd_missing(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status.is_not_found(),
+        _ => false,
+    }
+}
+
 /// Publishes snapshots of what the watchers see on `tx`: the first once every kind
 /// is listed, then one per debounced batch of changes. Returns when every receiver
 /// of `tx` is gone.
@@ -772,6 +782,27 @@ async fn run_streams<S>(
                             deadline = Some(tokio::time::Instant::now());
                         } else if state.synced() && deadline.is_none() && !matches!(state.dirty, Dirty::Clean) {
                             deadline = Some(tokio::time::Instant::now() + opts.debounce);
+                        }
+                    }
+                    Err(e) if kind == Kind::ClusterNetworkPolicy && crd_missing(&e) => {
+                        // Without its CRD no ClusterNetworkPolicy can exist: the tiers are
+                        // empty (not an outage), and the watcher keeps retrying, so an
+                        // installed CRD is picked up.
+                        status.note_ok(kind);
+                        if state.lists_done[kind.index()] == 0 || !state.cluster.cluster_policies.is_empty() {
+                            warn!(
+                                resource = kind.resource(),
+                                "the ClusterNetworkPolicy CRD is not installed: enforcing NetworkPolicies \
+                                 only; install deploy/crds/ to use ClusterNetworkPolicies"
+                            );
+                            let was_synced = state.synced();
+                            state.apply(kind, Change::Init, &status);
+                            state.apply(kind, Change::InitDone, &status);
+                            if !was_synced && state.synced() {
+                                deadline = Some(tokio::time::Instant::now());
+                            } else if state.synced() && deadline.is_none() {
+                                deadline = Some(tokio::time::Instant::now() + opts.debounce);
+                            }
                         }
                     }
                     Err(e) => {
