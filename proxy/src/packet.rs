@@ -54,10 +54,6 @@ pub enum ParseError {
     /// A fragment after the first: it has no transport header to read ports from.
     #[error("non-first fragment at offset {0} has no transport header")]
     Fragment(u16),
-    /// An IP protocol this parser refuses (kept for compatibility; every protocol
-    /// number is read today, those without ports with port 0).
-    #[error("unsupported ip protocol {0}")]
-    Protocol(u8),
     /// A chain of IPv6 extension headers longer than any real packet's.
     #[error("more than {MAX_EXTENSION_HEADERS} ipv6 extension headers")]
     TooManyExtensions,
