@@ -1014,9 +1014,12 @@ spec: {{podSelector: {{}}, policyTypes: [Ingress]}}
     }
 }
 
-/// Invalid objects: each error names the object, the field and the value; the policy
-/// then denies what its subject selects, in the directions it has (both when it cannot
-/// be decoded), at its tier and priority (Admin and 0 when those are the problem).
+/// Invalid objects: each error names the object, the field and the value. An invalid
+/// rule fails closed on its own (an Accept rule matches nothing, a Deny or Pass rule, or
+/// an unknown action, denies all in its place); an invalid object (tier, priority,
+/// subject, undecodable) denies what its subject selects, in the directions it has
+/// (both when it cannot be decoded), at its tier and priority (Admin and 0 when those
+/// are the problem).
 #[test]
 fn invalid_cluster_policies_fail_closed_with_field_errors() {
     // (spec or whole object, field, message fragment, probes that must be denied,
@@ -1077,8 +1080,10 @@ fn invalid_cluster_policies_fail_closed_with_field_errors() {
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{domainNames: [\"*.example.org\"]}]}]",
             "spec.egress[0].to[0].domainNames",
             "not supported",
-            &[(HARRY0, INTERNET)],
-            &[(CEDRIC0, INTERNET)],
+            // An Accept rule fails closed by matching nothing (upstream): the policy
+            // adds nothing, so harry's egress stays as it was.
+            &[],
+            &[(HARRY0, INTERNET), (CEDRIC0, INTERNET)],
         ),
         (
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {range: {start: 90, end: 80}}}}]}]",
@@ -1091,8 +1096,9 @@ fn invalid_cluster_policies_fail_closed_with_field_errors() {
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{networks: [198.19.0.0/16]}], protocols: [{destinationNamedPort: web}]}]",
             "spec.egress[0]",
             "destinationNamedPort",
-            &[(HARRY0, INTERNET)],
+            // An invalid Accept rule matches nothing.
             &[],
+            &[(HARRY0, INTERNET)],
         ),
         (
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, form: [{namespaces: {}}]}]",
@@ -1334,4 +1340,113 @@ status: {conditions: []}
     );
     assert!(m.errors.is_empty(), "{:#?}", m.errors);
     assert_eq!(m.cluster.cluster_policies.len(), 1);
+}
+
+/// Runs `spec` as ClusterNetworkPolicy `broken` over the base: it must have an error
+/// naming `field` with `fragment`, and each check must hold.
+fn check_invalid(
+    spec: &str,
+    field: &str,
+    fragment: &str,
+    checks: &[(&str, &str, Protocol, u16, bool)],
+) {
+    let yaml = format!(
+        "{}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: broken}}\nspec:\n  {spec}\n",
+        base()
+    );
+    let m = manifests(&yaml);
+    let errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ClusterNetworkPolicy broken")
+                && e.contains(&format!("{field}: "))
+                && e.contains(fragment)),
+        "{field}: want an error naming it with {fragment:?}, got {errors:#?}"
+    );
+    let snap = Snapshot::compile(&m.cluster);
+    assert_eq!(snap.invalid_cluster_policies().count(), 1, "{field}");
+    for (from, to, proto, port, want) in checks {
+        let d = snap.authorize(&flow(&snap, from, to, *proto, *port));
+        assert_eq!(
+            d.allowed(),
+            *want,
+            "{field}: {from} -> {to} {proto:?}/{port}: {d:?}"
+        );
+    }
+}
+
+/// Upstream (IngressPeer/EgressPeer): an unsupported peer fails closed per rule: an
+/// Accept rule matches nothing (the peer is dropped), a Deny or Pass rule becomes "Deny
+/// all" in its place; the other rules keep their meaning.
+#[test]
+fn unsupported_peers_fail_closed_per_rule() {
+    // An allowlist: Accept DNS, Accept a domain, Deny the rest. The domain rule matches
+    // nothing; DNS stays open.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {name: dns, action: Accept, to: [{namespaces: {}}], protocols: [{udp: {destinationPort: {number: 53}}}]}\n  - {name: domain, action: Accept, to: [{domainNames: [\"*.example.org\"]}]}\n  - {name: rest, action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[1].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 443, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    // An Accept rule keeps its other peers: only the domain peer is dropped.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{domainNames: [\"*.example.org\"]}, {namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[0].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, false),
+        ],
+    );
+    // A Deny rule becomes Deny all in its place: the Accept before it still accepts.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Deny, to: [{domainNames: [\"*.example.org\"]}]}\n  - {action: Accept, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[1].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, false),
+            (CEDRIC0, INTERNET, Tcp, 80, true),
+        ],
+    );
+    // A Pass rule too (Deny all, not Pass all), and only in its own direction.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, from: [{namespaces: {}}]}]\n  egress: [{action: Pass, to: [{domainNames: [\"*.example.org\"]}]}]",
+        "spec.egress[0].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    // A bad CIDR in an Accept rule drops that peer only.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{networks: [198.19.255.0/33]}, {namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[0].to[0].networks[0]",
+        "invalid CIDR",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, INTERNET, Tcp, 80, false),
+        ],
+    );
+}
+
+/// Errors name the rule by its index in the spec, even after a rule with an invalid
+/// action.
+#[test]
+fn rule_errors_name_the_spec_index() {
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Allow, to: [{namespaces: {}}]}\n  - {action: Accept, to: [{networks: [198.19.0.0/16]}], protocols: [{destinationNamedPort: web}]}",
+        "spec.egress[1]",
+        "destinationNamedPort",
+        &[(HARRY0, DRACO0, Tcp, 80, false)],
+    );
 }
