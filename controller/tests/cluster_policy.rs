@@ -5,6 +5,7 @@
 //!
 //! Each case names the upstream test it comes from; where netward decides something the
 //! API leaves to the implementation (ties between equal priorities), the case says so.
+//! Cases labelled `netward:` are netward's own, in the suite's style, not upstream's.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failure
 
 mod common;
@@ -20,6 +21,7 @@ const DRACO1: &str = "network-policy-conformance-slytherin/draco-malfoy-1";
 const CEDRIC0: &str = "network-policy-conformance-hufflepuff/cedric-diggory-0";
 const CEDRIC1: &str = "network-policy-conformance-hufflepuff/cedric-diggory-1";
 const LUNA0: &str = "network-policy-conformance-ravenclaw/luna-lovegood-0";
+const LUNA1: &str = "network-policy-conformance-ravenclaw/luna-lovegood-1";
 /// node-1 (kubernetes.io/os: linux), where the host-networked centaur-1 runs.
 const NODE1: &str = "198.18.0.1";
 /// node-3 (kubernetes.io/os: windows).
@@ -413,7 +415,7 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        upstream: "CNPBaselineTier*: a NetworkPolicy that selects the pod overrides the Baseline tier",
+        upstream: "netward: CNPBaselineTier*: a NetworkPolicy that selects the pod overrides the Baseline tier",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -451,7 +453,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPBaselineTier*: Pass in the Baseline tier goes to the default (allow)",
+        upstream: "netward: CNPBaselineTier*: Pass in the Baseline tier goes to the default (allow)",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -515,7 +517,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTier*PortRange: port ranges per protocol, and single numbers",
+        upstream: "netward: CNPAdminTier*PortRange: port ranges per protocol, and single numbers",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -549,7 +551,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTierEgressInlineCIDR: networks peers, pod addresses included",
+        upstream: "netward: CNPAdminTierEgressInlineCIDR: networks peers, pod addresses included",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -650,7 +652,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTier ingress: an Admin Accept overrides a NetworkPolicy's deny; other sources still meet it",
+        upstream: "netward: CNPAdminTier ingress: an Admin Accept overrides a NetworkPolicy's deny; other sources still meet it",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -681,7 +683,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTier egress Accept: the destination's ingress still applies",
+        upstream: "netward: CNPAdminTier egress Accept: the destination's ingress still applies",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -707,7 +709,7 @@ spec:
         checks: &[(HARRY0, DRACO0, Tcp, 80, false)],
     },
     Case {
-        upstream: "CNPAdminTier*Rules: rules within one policy apply in the order written",
+        upstream: "netward: CNPAdminTier*Rules: rules within one policy apply in the order written",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -789,11 +791,239 @@ spec:
             (HARRY0, INTERNET, Tcp, 80, true),
         ],
     },
+    // Transcribed from the upstream v1alpha2 conformance manifests
+    // (`conformance/base/{admin_tier,baseline_tier}/standard-*-rules.yaml`); each
+    // sub-test's rule swap is applied on top of the previous ones, as upstream patches
+    // the live object. The UDP and SCTP probes follow the TCP tests' probes on those
+    // manifests' own ports and houses.
+    Case {
+        upstream: "CNPAdminTierIngressTCP: allow-ingress (ordering, at port), deny at port, egress unaffected",
+        policies: "GRESS:Admin:3:ingress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 8080, true),
+            (CEDRIC0, HARRY1, Tcp, 80, true),
+            (CEDRIC1, HARRY1, Tcp, 8080, false),
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, DRACO0, Tcp, 80, true),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressTCP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:3:ingress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Tcp, 80, false),
+            (LUNA1, HARRY1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressTCP: pass-ingress, then rules 0 and 2 swapped; pass at port, rules 3 and 4 swapped",
+        policies: "GRESS:Admin:3:ingress:gryffindor:tcp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-80,D-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 8080, true),
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressUDP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:4:ingress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC0, Udp, 53, true),
+            (LUNA1, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC1, Udp, 53, true),
+            (HARRY1, CEDRIC1, Udp, 5353, false),
+            (DRACO0, CEDRIC0, Udp, 5353, false),
+            (DRACO1, CEDRIC0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressUDP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:4:ingress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC1, Udp, 53, false),
+            (LUNA1, CEDRIC1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressUDP: pass-ingress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:4:ingress:hufflepuff:udp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-5353,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC0, Udp, 53, true),
+            (LUNA1, CEDRIC0, Udp, 5353, true),
+            (DRACO0, CEDRIC0, Udp, 5353, true),
+            (DRACO1, CEDRIC0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressSCTP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:5:ingress:ravenclaw:sctp:A-gryffindor,D-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Sctp, 9003, true),
+            (HARRY1, LUNA0, Sctp, 9005, true),
+            (CEDRIC0, LUNA1, Sctp, 9003, true),
+            (CEDRIC1, LUNA1, Sctp, 9005, false),
+            (DRACO0, LUNA0, Sctp, 9003, false),
+            (DRACO1, LUNA0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressSCTP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:5:ingress:ravenclaw:sctp:D-gryffindor,A-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Sctp, 9003, false),
+            (HARRY1, LUNA1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressSCTP: pass-ingress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:5:ingress:ravenclaw:sctp:P-gryffindor,A-gryffindor,D-gryffindor,P-slytherin-9003,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Sctp, 9003, true),
+            (HARRY1, LUNA0, Sctp, 9005, true),
+            (DRACO0, LUNA0, Sctp, 9003, true),
+            (DRACO1, LUNA0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressTCP: allow-egress (ordering, at port), deny at port; ingress unaffected",
+        policies: "GRESS:Admin:6:egress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 8080, true),
+            (HARRY0, CEDRIC1, Tcp, 8080, true),
+            (HARRY1, CEDRIC1, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressTCP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:6:egress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Tcp, 80, false),
+            (HARRY1, LUNA1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressTCP: pass-egress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:6:egress:gryffindor:tcp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-80,D-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressUDP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:7:egress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA0, Udp, 53, true),
+            (CEDRIC1, LUNA0, Udp, 5353, true),
+            (CEDRIC0, HARRY1, Udp, 53, true),
+            (CEDRIC1, HARRY1, Udp, 5353, false),
+            (CEDRIC0, DRACO0, Udp, 5353, false),
+            (CEDRIC1, DRACO0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressUDP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:7:egress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA1, Udp, 53, false),
+            (CEDRIC1, LUNA1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressUDP: pass-egress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:7:egress:hufflepuff:udp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-5353,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA0, Udp, 53, true),
+            (CEDRIC1, LUNA0, Udp, 5353, true),
+            (CEDRIC0, DRACO0, Udp, 5353, true),
+            (CEDRIC1, DRACO0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressTCP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:ingress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,D-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 8080, true),
+            (CEDRIC0, HARRY1, Tcp, 80, true),
+            (CEDRIC1, HARRY1, Tcp, 8080, false),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressTCP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:ingress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,D-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Tcp, 80, false),
+            (LUNA1, HARRY1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressRulesEgressUnaffected (standard-ingress-isolation.yaml)",
+        policies: "GRESS:Admin:20:ingress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressRulesIngressUnaffected (standard-egress-isolation.yaml)",
+        policies: "GRESS:Admin:20:egress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, true),
+        ],
+    },
 ];
+
+/// The `standard-{ingress,egress}-{tcp,udp,sctp}-rules.yaml` shape:
+/// `GRESS:<tier>:<priority>:<ingress|egress>:<subject house>:<protocol>:<rules>`, the
+/// rules comma-separated as `<A|D|P>-<house>[-<port>]` in the order written (so the
+/// tests' rule swaps are other orders).
+fn gress(spec: &str) -> String {
+    let f: Vec<&str> = spec.split(':').collect();
+    let (tier, priority, dir, subject, proto, rules) = (f[1], f[2], f[3], f[4], f[5], f[6]);
+    let peers = if dir == "ingress" { "from" } else { "to" };
+    let mut y = format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {dir}-{proto}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n  subject: {{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{subject}}}}}}}\n  {dir}:\n"
+    );
+    for rule in rules.split(',') {
+        let r: Vec<&str> = rule.split('-').collect();
+        let action = match r[0] {
+            "A" => "Accept",
+            "D" => "Deny",
+            _ => "Pass",
+        };
+        y.push_str(&format!(
+            "  - action: {action}\n    {peers}: [{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{}}}}}}}]\n",
+            r[1]
+        ));
+        if let Some(port) = r.get(2) {
+            y.push_str(&format!(
+                "    protocols: [{{{proto}: {{destinationPort: {{number: {port}}}}}}}]\n"
+            ));
+        }
+    }
+    y
+}
 
 fn policies(spec: &str) -> String {
     let mut parts = spec.split(':');
     match parts.next() {
+        Some("GRESS") => gress(spec),
         Some("PRIORITY_FIELD") => PRIORITY_FIELD.replace("PRIORITY", parts.next().unwrap()),
         Some("INTEGRATION") => {
             let ingress = parts.next().unwrap();
