@@ -22,6 +22,8 @@ const CEDRIC0: &str = "network-policy-conformance-hufflepuff/cedric-diggory-0";
 const CEDRIC1: &str = "network-policy-conformance-hufflepuff/cedric-diggory-1";
 const LUNA0: &str = "network-policy-conformance-ravenclaw/luna-lovegood-0";
 const LUNA1: &str = "network-policy-conformance-ravenclaw/luna-lovegood-1";
+/// Only in the omitted-namespaceSelector case.
+const KRUM0: &str = "network-policy-conformance-durmstrang/viktor-krum-0";
 /// node-1 (kubernetes.io/os: linux), where the host-networked centaur-1 runs.
 const NODE1: &str = "198.18.0.1";
 /// node-3 (kubernetes.io/os: windows).
@@ -32,7 +34,8 @@ const METADATA: &str = "198.19.255.254";
 const INTERNET: &str = "198.19.255.1";
 
 /// The conformance suite's base (`conformance/base/manifests.yaml`): four namespaces
-/// labelled `conformance-house`, two pods each, serving TCP 80 and 8080, UDP 53 and
+/// labelled `conformance-house`, two pods each (StatefulSet pods, with their
+/// `statefulset.kubernetes.io/pod-name` label), serving TCP 80 and 8080, UDP 53 and
 /// 5353, SCTP 9003 and 9005; the experimental tests' named port `web` (TCP 80) and a
 /// `dns` port (UDP 53) for named ports per protocol; nodes, and a host-networked pod.
 fn base() -> String {
@@ -60,7 +63,7 @@ metadata: {{name: network-policy-conformance-{house}, labels: {{conformance-hous
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: {who}-{n}, namespace: network-policy-conformance-{house}, labels: {{conformance-house: {house}}}}}
+metadata: {{name: {who}-{n}, namespace: network-policy-conformance-{house}, labels: {{conformance-house: {house}, statefulset.kubernetes.io/pod-name: {who}-{n}}}}}
 spec:
   nodeName: node-2
   containers:
@@ -334,6 +337,98 @@ spec:
     - namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}
     protocols:
     - tcp: {destinationPort: {number: 8080}}
+"#;
+
+/// `conformance/base/{admin,baseline}_tier/standard-port-range-rules-combined.yaml`
+/// (TIER and PRIORITY as the tier's file sets them).
+const PORT_RANGE_COMBINED: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: port-range-rules}
+spec:
+  tier: TIER
+  priority: PRIORITY
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-gryffindor}}
+  egress:
+  - name: allow-to-ravenclaw-tcp-port-range
+    action: Accept
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-ravenclaw}}}]
+    protocols: [{tcp: {destinationPort: {range: {start: 80, end: 8080}}}}]
+  - name: allow-to-hufflepuff-udp-port-range
+    action: Accept
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}}]
+    protocols: [{udp: {destinationPort: {range: {start: 53, end: 5353}}}}]
+  - name: allow-to-slytherin-sctp-port-range
+    action: Accept
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}}]
+    protocols: [{sctp: {destinationPort: {range: {start: 9003, end: 9005}}}}]
+  - name: deny-all-egress
+    action: Deny
+    to: [{namespaces: {matchExpressions: [{key: conformance-house, operator: Exists}]}}]
+  ingress:
+  - name: allow-from-ravenclaw-tcp-port-range
+    action: Accept
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-ravenclaw}}}]
+    protocols: [{tcp: {destinationPort: {range: {start: 80, end: 8080}}}}]
+  - name: allow-from-hufflepuff-udp-port-range
+    action: Accept
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}}]
+    protocols: [{udp: {destinationPort: {range: {start: 53, end: 5353}}}}]
+  - name: allow-from-slytherin-sctp-port-range
+    action: Accept
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}}]
+    protocols: [{sctp: {destinationPort: {range: {start: 9003, end: 9005}}}}]
+  - name: deny-all-ingress
+    action: Deny
+    from: [{namespaces: {matchExpressions: [{key: conformance-house, operator: Exists}]}}]
+"#;
+
+/// `conformance/base/admin_tier/standard-pod-selector-rules.yaml`.
+const POD_SELECTOR: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pod-selector-rules}
+spec:
+  tier: Admin
+  priority: 20
+  subject:
+    pods: {podSelector: {matchLabels: {conformance-house: gryffindor}}}
+  egress:
+  - name: deny-to-ravenclaw-pods
+    action: Deny
+    to: [{pods: {podSelector: {matchLabels: {conformance-house: ravenclaw}}}}]
+  - name: deny-to-cedric-diggory-0
+    action: Deny
+    to:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: hufflepuff}}
+        podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: cedric-diggory-0}}
+  ingress:
+  - name: deny-from-slytherin-pods
+    action: Deny
+    from: [{pods: {podSelector: {matchLabels: {conformance-house: slytherin}}}}]
+  - name: deny-from-cedric-diggory-0
+    action: Deny
+    from:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: hufflepuff}}
+        podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: cedric-diggory-0}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pod-name-subject-rules}
+spec:
+  tier: Admin
+  priority: 21
+  subject:
+    pods:
+      namespaceSelector: {matchLabels: {conformance-house: ravenclaw}}
+      podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: luna-lovegood-0}}
+  egress:
+  - name: deny-to-slytherin
+    action: Deny
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}}]
 "#;
 
 const CASES: &[Case] = &[
@@ -987,34 +1082,365 @@ spec:
             (CEDRIC0, HARRY0, Tcp, 80, true),
         ],
     },
+    Case {
+        upstream: "CNPAdminTierEgressSCTP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:8:egress:ravenclaw:sctp:A-gryffindor,D-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Sctp, 9003, true),
+            (LUNA1, HARRY0, Sctp, 9005, true),
+            (LUNA0, CEDRIC1, Sctp, 9003, true),
+            (LUNA1, CEDRIC1, Sctp, 9005, false),
+            (LUNA0, DRACO0, Sctp, 9003, false),
+            (LUNA1, DRACO0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressSCTP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:8:egress:ravenclaw:sctp:D-gryffindor,A-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Sctp, 9003, false),
+            (LUNA1, HARRY1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressSCTP: pass-egress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:8:egress:ravenclaw:sctp:P-gryffindor,A-gryffindor,D-gryffindor,P-slytherin-9003,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Sctp, 9003, true),
+            (LUNA1, HARRY0, Sctp, 9005, true),
+            (LUNA0, DRACO0, Sctp, 9003, true),
+            (LUNA1, DRACO0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressUDP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:ingress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC0, Udp, 53, true),
+            (LUNA1, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC1, Udp, 53, true),
+            (HARRY1, CEDRIC1, Udp, 5353, false),
+            (DRACO0, CEDRIC0, Udp, 5353, false),
+            (DRACO1, CEDRIC0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressUDP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:ingress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC1, Udp, 53, false),
+            (LUNA1, CEDRIC1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressSCTP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:ingress:ravenclaw:sctp:A-gryffindor,D-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Sctp, 9003, true),
+            (HARRY1, LUNA0, Sctp, 9005, true),
+            (CEDRIC0, LUNA1, Sctp, 9003, true),
+            (CEDRIC1, LUNA1, Sctp, 9005, false),
+            (DRACO0, LUNA0, Sctp, 9003, false),
+            (DRACO1, LUNA0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressSCTP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:ingress:ravenclaw:sctp:D-gryffindor,A-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Sctp, 9003, false),
+            (HARRY1, LUNA1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressTCP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:egress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,D-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 8080, true),
+            (HARRY0, CEDRIC1, Tcp, 8080, true),
+            (HARRY1, CEDRIC1, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressTCP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:egress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,D-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Tcp, 80, false),
+            (HARRY1, LUNA1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressUDP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:egress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA0, Udp, 53, true),
+            (CEDRIC1, LUNA0, Udp, 5353, true),
+            (CEDRIC0, HARRY1, Udp, 53, true),
+            (CEDRIC1, HARRY1, Udp, 5353, false),
+            (CEDRIC0, DRACO0, Udp, 5353, false),
+            (CEDRIC1, DRACO0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressUDP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:egress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA1, Udp, 53, false),
+            (CEDRIC1, LUNA1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressSCTP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:egress:ravenclaw:sctp:A-gryffindor,D-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Sctp, 9003, true),
+            (LUNA1, HARRY0, Sctp, 9005, true),
+            (LUNA0, CEDRIC1, Sctp, 9003, true),
+            (LUNA1, CEDRIC1, Sctp, 9005, false),
+            (LUNA0, DRACO0, Sctp, 9003, false),
+            (LUNA1, DRACO0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressSCTP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:egress:ravenclaw:sctp:D-gryffindor,A-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Sctp, 9003, false),
+            (LUNA1, HARRY1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressRulesCombined (standard-gress-rules-combined.yaml): every protocol of a rule, both directions",
+        policies: "GRESS:Admin:15:both:gryffindor:tcp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, DRACO0, Udp, 53, false),
+            (HARRY0, DRACO0, Sctp, 9003, false),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Udp, 5353, true),
+            (HARRY0, DRACO0, Sctp, 9005, true),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO0, HARRY0, Udp, 53, false),
+            (DRACO0, HARRY0, Sctp, 9003, false),
+            (DRACO0, HARRY0, Tcp, 8080, true),
+            (HARRY0, CEDRIC0, Tcp, 8080, true),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Sctp, 9003, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, CEDRIC0, Udp, 53, false),
+            (HARRY0, CEDRIC0, Sctp, 9005, false),
+            (CEDRIC0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Udp, 5353, true),
+            (CEDRIC0, HARRY0, Sctp, 9003, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+            (CEDRIC0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressRulesCombined: rules 0 and 1 swapped in both directions",
+        policies: "GRESS:Admin:15:both:gryffindor:tcp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, false),
+            (LUNA0, HARRY0, Udp, 53, false),
+            (HARRY0, LUNA1, Sctp, 9003, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressRulesCombined: Pass first (rules 0 and 2, then 3 and 4, swapped)",
+        policies: "GRESS:Admin:15:both:gryffindor:tcp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-tcp80+udp53+sctp9003,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-tcp80+udp53+sctp9003,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (DRACO0, HARRY0, Sctp, 9003, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierGressRulesCombined (standard-gress-rules-combined.yaml)",
+        policies: "GRESS:Baseline:10:both:gryffindor:tcp:A-ravenclaw,D-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|A-ravenclaw,D-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, DRACO0, Udp, 53, false),
+            (HARRY0, DRACO0, Sctp, 9003, false),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (DRACO0, HARRY0, Udp, 53, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (CEDRIC0, HARRY0, Sctp, 9003, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierGressRulesCombined: rules 0 and 1 swapped in both directions",
+        policies: "GRESS:Baseline:10:both:gryffindor:tcp:D-ravenclaw,A-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|D-ravenclaw,A-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, false),
+            (LUNA0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierSamePriority (baseline_tier/standard-same-priority.yaml)",
+        policies: "SAME_PRIORITY_BASELINE",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (CEDRIC0, HARRY0, Tcp, 80, false),
+            (HARRY1, CEDRIC0, Tcp, 80, false),
+            (DRACO1, CEDRIC0, Tcp, 8080, false),
+            (CEDRIC1, DRACO0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (DRACO1, CEDRIC0, Tcp, 80, true),
+            (CEDRIC0, DRACO0, Tcp, 80, true),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierPortRangeRulesCombined (standard-port-range-rules-combined.yaml)",
+        policies: "PORT_RANGE_COMBINED:Admin:9",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY0, LUNA0, Tcp, 8080, true),
+            (HARRY0, LUNA0, Udp, 53, false),
+            (HARRY0, CEDRIC0, Udp, 53, true),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, DRACO0, Sctp, 9003, true),
+            (HARRY0, DRACO0, Sctp, 9005, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, false),
+            (CEDRIC0, HARRY0, Udp, 5353, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+            (DRACO0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierPortRangeRulesCombined (baseline_tier/standard-port-range-rules-combined.yaml)",
+        policies: "PORT_RANGE_COMBINED:Baseline:10",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 8080, true),
+            (HARRY0, LUNA0, Udp, 53, false),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, DRACO0, Sctp, 9003, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierPodSelectorRules (standard-pod-selector-rules.yaml): pod-label subjects and peers, by pod name too",
+        policies: "POD_SELECTOR",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, false),
+            (HARRY1, LUNA1, Tcp, 80, false),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, CEDRIC1, Tcp, 80, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (CEDRIC0, HARRY1, Tcp, 80, false),
+            (CEDRIC1, HARRY1, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 80, true),
+            (LUNA0, DRACO0, Tcp, 80, false),
+            (LUNA1, DRACO0, Tcp, 80, true),
+            (CEDRIC0, DRACO0, Tcp, 80, true),
+            (DRACO0, LUNA0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressOmittedNamespaceSelector (standard-gress-omitted-namespaceselector.yaml; the durmstrang pod is netward's stand-in: the test's own cast is not in the stored copy)",
+        policies: r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: network-policy-conformance-durmstrang, labels: {conformance-house: durmstrang}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: viktor-krum-0, namespace: network-policy-conformance-durmstrang, labels: {conformance-house: durmstrang}}
+spec: {nodeName: node-2, containers: [{name: c, image: agnhost, ports: [{containerPort: 80}]}]}
+status: {podIP: 198.18.14.1}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: gress-omitted-namespaceselector}
+spec:
+  tier: Admin
+  priority: 3
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-durmstrang}}
+  ingress:
+  - name: deny-from-all-conformance-pods
+    action: Deny
+    from: [{pods: {podSelector: {matchExpressions: [{key: conformance-house, operator: Exists}]}}}]
+"#,
+        checks: &[
+            (HARRY0, KRUM0, Tcp, 80, false),
+            (LUNA0, KRUM0, Tcp, 80, false),
+            (DRACO1, KRUM0, Tcp, 80, false),
+            (KRUM0, HARRY0, Tcp, 80, true),
+            (HARRY0, LUNA0, Tcp, 80, true),
+        ],
+    },
 ];
 
-/// The `standard-{ingress,egress}-{tcp,udp,sctp}-rules.yaml` shape:
-/// `GRESS:<tier>:<priority>:<ingress|egress>:<subject house>:<protocol>:<rules>`, the
-/// rules comma-separated as `<A|D|P>-<house>[-<port>]` in the order written (so the
-/// tests' rule swaps are other orders).
+/// The `standard-{ingress,egress}-{tcp,udp,sctp}-rules.yaml` and
+/// `standard-gress-rules-combined.yaml` shape:
+/// `GRESS:<tier>:<priority>:<ingress|egress|both>:<subject house>:<protocol>:<rules>`,
+/// the rules comma-separated as `<A|D|P>-<house>[-<port>]` in the order written (so the
+/// tests' rule swaps are other orders); a port may also be `tcp80+udp53+sctp9003`;
+/// `both` takes `<ingress rules>|<egress rules>`.
 fn gress(spec: &str) -> String {
     let f: Vec<&str> = spec.split(':').collect();
     let (tier, priority, dir, subject, proto, rules) = (f[1], f[2], f[3], f[4], f[5], f[6]);
-    let peers = if dir == "ingress" { "from" } else { "to" };
     let mut y = format!(
-        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {dir}-{proto}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n  subject: {{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{subject}}}}}}}\n  {dir}:\n"
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {dir}-{proto}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n  subject: {{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{subject}}}}}}}\n"
     );
-    for rule in rules.split(',') {
-        let r: Vec<&str> = rule.split('-').collect();
-        let action = match r[0] {
-            "A" => "Accept",
-            "D" => "Deny",
-            _ => "Pass",
-        };
-        y.push_str(&format!(
-            "  - action: {action}\n    {peers}: [{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{}}}}}}}]\n",
-            r[1]
-        ));
-        if let Some(port) = r.get(2) {
+    let sections: Vec<(&str, &str)> = match dir {
+        "both" => {
+            let (i, e) = rules.split_once('|').unwrap();
+            vec![("ingress", i), ("egress", e)]
+        }
+        _ => vec![(dir, rules)],
+    };
+    for (dir, rules) in sections {
+        let peers = if dir == "ingress" { "from" } else { "to" };
+        y.push_str(&format!("  {dir}:\n"));
+        for rule in rules.split(',') {
+            let r: Vec<&str> = rule.split('-').collect();
+            let action = match r[0] {
+                "A" => "Accept",
+                "D" => "Deny",
+                _ => "Pass",
+            };
             y.push_str(&format!(
-                "    protocols: [{{{proto}: {{destinationPort: {{number: {port}}}}}}}]\n"
+                "  - action: {action}\n    {peers}: [{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{}}}}}}}]\n",
+                r[1]
             ));
+            if let Some(ports) = r.get(2) {
+                let list: Vec<String> = ports
+                    .split('+')
+                    .map(|p| {
+                        let (proto, number) = match p.find(|c: char| c.is_ascii_digit()) {
+                            Some(0) | None => (proto, p),
+                            Some(i) => p.split_at(i),
+                        };
+                        format!("{{{proto}: {{destinationPort: {{number: {number}}}}}}}")
+                    })
+                    .collect();
+                y.push_str(&format!("    protocols: [{}]\n", list.join(", ")));
+            }
         }
     }
     y
@@ -1038,6 +1464,19 @@ fn policies(spec: &str) -> String {
             y
         }
         Some("SAME_PRIORITY") => SAME_PRIORITY.to_owned(),
+        // `conformance/base/baseline_tier/standard-same-priority.yaml`: the Admin file's
+        // three policies in the Baseline tier, at priority 10.
+        Some("SAME_PRIORITY_BASELINE") => SAME_PRIORITY
+            .replace("tier: Admin", "tier: Baseline")
+            .replace("priority: 15", "priority: 10"),
+        Some("PORT_RANGE_COMBINED") => {
+            let tier = parts.next().unwrap();
+            let priority = parts.next().unwrap();
+            PORT_RANGE_COMBINED
+                .replace("TIER", tier)
+                .replace("PRIORITY", priority)
+        }
+        Some("POD_SELECTOR") => POD_SELECTOR.to_owned(),
         _ => spec.to_owned(),
     }
 }
