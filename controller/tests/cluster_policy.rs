@@ -2119,3 +2119,48 @@ fn rule_errors_name_the_spec_index() {
         &[(HARRY0, DRACO0, Tcp, 80, false)],
     );
 }
+
+/// The model of a policy with invalid rules: each keeps its place; an Accept rule keeps
+/// only its valid peers (none: it matches nothing), a Deny or Pass rule (or an unknown
+/// action) is Deny all; a valid rule is untouched.
+#[test]
+fn invalid_rules_keep_their_place() {
+    use netward_controller::cluster_policy::ClusterPeer;
+    let yaml = format!(
+        "{}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: broken}}\nspec:\n  tier: Baseline\n  priority: 7\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{name: ok, action: Accept, to: [{{networks: [198.19.0.0/16]}}]}}\n  - {{name: some, action: Accept, to: [{{domainNames: [a.example]}}, {{networks: [198.20.0.0/16]}}]}}\n  - {{action: Accept, to: [{{domainNames: [b.example]}}]}}\n  - {{name: pass, action: Pass, to: [{{domainNames: [c.example]}}]}}\n  - {{action: Allow, to: [{{networks: [198.21.0.0/16]}}]}}\n",
+        base()
+    );
+    let m = manifests(&yaml);
+    assert_eq!(m.errors.len(), 4, "{:#?}", m.errors);
+    let p = &m.cluster.cluster_policies["broken"];
+    // The object itself is fine: its tier and priority stand.
+    assert_eq!(
+        (p.tier, p.priority),
+        (netward_controller::Tier::Baseline, 7)
+    );
+    assert_eq!(p.errors.len(), 4);
+    let rules = p.egress.as_deref().unwrap();
+    let got: Vec<(Option<&str>, netward_controller::Action, usize, bool)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_deref(),
+                r.action,
+                r.peers.len(),
+                r.peers.contains(&ClusterPeer::Everything),
+            )
+        })
+        .collect();
+    use netward_controller::Action::{Accept, Deny};
+    assert_eq!(
+        got,
+        vec![
+            (Some("ok"), Accept, 1, false),
+            (Some("some"), Accept, 1, false),
+            (None, Accept, 0, false),
+            (Some("pass (invalid: denies all)"), Deny, 1, true),
+            (Some("invalid-rule (invalid: denies all)"), Deny, 1, true),
+        ]
+    );
+    assert!(p.ingress.is_none());
+}
