@@ -408,6 +408,17 @@ impl ClusterNetworkPolicy {
     /// subject itself is invalid), in each direction it has rules for (both if it has
     /// none), at its tier and priority (Admin and 0 if those are invalid).
     pub fn from_api(obj: &api::ClusterNetworkPolicy) -> ClusterNetworkPolicy {
+        Self::from_api_with_unknown_peers(obj, &[])
+    }
+
+    /// [`ClusterNetworkPolicy::from_api`] for an object that had unknown fields inside
+    /// rule peers (`unknown`, each at its path, see [`peer_of`]): each such peer is one
+    /// netward does not understand, and its rule fails closed, as upstream says for
+    /// peers an implementation does not know.
+    pub fn from_api_with_unknown_peers(
+        obj: &api::ClusterNetworkPolicy,
+        unknown: &[FieldError],
+    ) -> ClusterNetworkPolicy {
         let mut errs = Vec::new();
         let push = |errs: &mut Vec<FieldError>, field: String, message: String| {
             errs.push(FieldError { field, message });
@@ -517,6 +528,9 @@ impl ClusterNetworkPolicy {
                         .map(|(i, p)| {
                             let f = format!("{f}.from[{i}]");
                             let before = errs.len();
+                            if unknown_peer(unknown, &f, errs) {
+                                return None;
+                            }
                             peer(
                                 p.namespaces.as_ref(),
                                 p.pods.as_ref(),
@@ -551,6 +565,9 @@ impl ClusterNetworkPolicy {
                         .map(|(i, p)| {
                             let f = format!("{f}.to[{i}]");
                             let before = errs.len();
+                            if unknown_peer(unknown, &f, errs) {
+                                return None;
+                            }
                             peer(
                                 p.namespaces.as_ref(),
                                 p.pods.as_ref(),
@@ -616,6 +633,38 @@ impl ClusterNetworkPolicy {
             errors: vec![error].into(),
         }
     }
+}
+
+/// The peer (`spec.ingress[0].from[1]`) an unknown field's path (`spec.ingress[0].from[1].x`)
+/// is in, if it is in one.
+pub fn peer_of(path: &str) -> Option<&str> {
+    let (rest, peers) = match path.strip_prefix("spec.ingress[") {
+        Some(r) => (r, "from["),
+        None => (path.strip_prefix("spec.egress[")?, "to["),
+    };
+    let d1 = rest.find(|c: char| !c.is_ascii_digit())?;
+    let rest = rest.get(d1..)?.strip_prefix("].")?.strip_prefix(peers)?;
+    let d2 = rest.find(|c: char| !c.is_ascii_digit())?;
+    if d1 == 0 || d2 == 0 || !rest.get(d2..)?.starts_with("].") {
+        return None;
+    }
+    path.get(..path.len() - rest.len() + d2 + 1)
+}
+
+/// Whether the peer at `field` had unknown fields; if so, they are errors here.
+fn unknown_peer(unknown: &[FieldError], field: &str, errs: &mut Vec<FieldError>) -> bool {
+    let mut found = false;
+    for u in unknown.iter().filter(|u| peer_of(&u.field) == Some(field)) {
+        found = true;
+        errs.push(FieldError {
+            field: u.field.clone(),
+            message: format!(
+                "{}: a peer netward does not understand (its rule fails closed)",
+                u.message
+            ),
+        });
+    }
+    found
 }
 
 /// The rule an invalid policy (`name` `None`), or an invalid Deny or Pass rule (its

@@ -1782,8 +1782,10 @@ fn invalid_cluster_policies_fail_closed_with_field_errors() {
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, from: [{nodes: {}}]}]",
             "spec.ingress[0].from[0].nodes",
             "unknown field \"nodes\"",
-            &[(DRACO0, CEDRIC0)],
+            // An unknown peer: its Accept rule matches nothing (upstream), the rest of
+            // the object stands.
             &[],
+            &[(DRACO0, HARRY0), (DRACO0, CEDRIC0)],
         ),
     ];
     for (spec, field, fragment, denied, allowed) in cases {
@@ -2104,6 +2106,55 @@ fn unsupported_peers_fail_closed_per_rule() {
         &[
             (HARRY0, DRACO0, Tcp, 80, true),
             (HARRY0, INTERNET, Tcp, 80, false),
+        ],
+    );
+}
+
+/// A peer of a kind netward does not know (an unknown field in a peer, e.g. a newer
+/// API's peer type) fails its rule closed, not the object; an unknown field elsewhere
+/// still makes the whole object deny.
+#[test]
+fn unknown_peer_types_fail_closed_per_rule() {
+    use netward_controller::cluster_policy::peer_of;
+    assert_eq!(
+        peer_of("spec.egress[12].to[3].pods.x"),
+        Some("spec.egress[12].to[3]")
+    );
+    assert_eq!(
+        peer_of("spec.ingress[0].from[0].nodes"),
+        Some("spec.ingress[0].from[0]")
+    );
+    assert_eq!(peer_of("spec.ingress[0].to[0].x"), None);
+    assert_eq!(peer_of("spec.egress[0].portz"), None);
+    assert_eq!(peer_of("spec.egress[].to[0].x"), None);
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Accept, to: [{services: [{name: web}]}]}\n  - {action: Deny, to: [{fqdn: x.example}, {networks: [198.19.0.0/16]}]}\n  - {action: Accept, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[2].to[0].fqdn",
+        "a peer netward does not understand",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{services: [{name: web}]}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[0].to[0].services",
+        "unknown field \"services\"",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    // Not in a peer: the object's meaning is lost, every pod is denied both ways.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{networks: [0.0.0.0/0]}], portz: []}",
+        "spec.egress[0].portz",
+        "unknown field",
+        &[
+            (DRACO0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
         ],
     );
 }
