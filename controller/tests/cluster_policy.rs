@@ -1393,6 +1393,24 @@ spec:
             (HARRY0, LUNA0, Tcp, 80, true),
         ],
     },
+    Case {
+        upstream: "CNPBaselineTierIngressRulesEgressUnaffected (baseline_tier/standard-ingress-isolation.yaml)",
+        policies: "GRESS:Baseline:20:ingress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressRulesIngressUnaffected (baseline_tier/standard-egress-isolation.yaml)",
+        policies: "GRESS:Baseline:20:egress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, true),
+        ],
+    },
 ];
 
 /// The `standard-{ingress,egress}-{tcp,udp,sctp}-rules.yaml` and
