@@ -833,7 +833,7 @@ spec:
         ],
     },
     Case {
-        upstream: "subject and peers: host-networked pods are neither subjects nor namespaces/pods peers",
+        upstream: "netward: subject and peers: host-networked pods are neither subjects nor namespaces/pods peers",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -856,7 +856,7 @@ spec:
         ],
     },
     Case {
-        upstream: "metadata tutorial (seed 004) as an Admin Deny: a namespace's allow-all cannot reopen it",
+        upstream: "netward: metadata tutorial (seed 004) as an Admin Deny: a namespace's allow-all cannot reopen it",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
