@@ -5,9 +5,10 @@
 //!
 //! [`api`] is the wire shape, decoded strictly like every other object; the model
 //! ([`ClusterNetworkPolicy`]) is validated as the CRD's schema and CEL rules validate it,
-//! and never fails as a whole: an object with errors is kept as a Deny-everything policy
-//! for its subject (see [`ClusterNetworkPolicy::from_api`]), so a policy netward cannot
-//! understand never opens traffic.
+//! and never fails as a whole: an object with errors fails closed, per rule (a rule
+//! netward cannot understand) or as a Deny-everything policy for its subject (an object
+//! it cannot understand; see [`ClusterNetworkPolicy::from_api`]), so a policy netward
+//! cannot understand never opens traffic.
 
 use std::fmt;
 use std::sync::Arc;
@@ -381,8 +382,9 @@ pub struct ClusterNetworkPolicy {
     pub ingress: Option<Vec<ClusterRule>>,
     /// Egress rules; `None` when it has none.
     pub egress: Option<Vec<ClusterRule>>,
-    /// Validation errors. When non-empty, each direction the policy has holds one rule
-    /// that denies everything.
+    /// Validation errors. When non-empty, the policy is invalid and has failed closed:
+    /// per rule, or (an error in the object itself) as a whole, one rule denying
+    /// everything in each direction it has (see [`ClusterNetworkPolicy::from_api`]).
     pub errors: Arc<[FieldError]>,
 }
 
@@ -396,12 +398,27 @@ impl ClusterNetworkPolicy {
     }
 
     /// Converts and validates an API object. Never fails: problems are in `errors`, and
-    /// then the policy is its fail-closed form: for its subject (every pod if the subject
-    /// itself is invalid), in each direction it has rules for (both if none can be told),
-    /// at its tier and priority (Admin and 0 if those are invalid), one rule denying
-    /// everything. That is the upstream rule for a peer an implementation cannot
-    /// understand ("treat the rule as a 'Deny all' rule"), taken to the whole object.
+    /// the policy fails closed. An error inside a rule (a peer netward cannot honour such
+    /// as `domainNames`, an invalid peer, protocol or action) fails that rule closed, as
+    /// upstream says for peers: an Accept rule matches nothing once its bad peers are
+    /// dropped (nothing at all if the problem is elsewhere in it), a Deny or Pass rule
+    /// (or one whose action is unknown) becomes "Deny all" in its place. An error in the
+    /// object itself (name, version, tier, priority, subject, too many rules) makes the
+    /// whole policy one rule denying everything: for its subject (every pod if the
+    /// subject itself is invalid), in each direction it has rules for (both if it has
+    /// none), at its tier and priority (Admin and 0 if those are invalid).
     pub fn from_api(obj: &api::ClusterNetworkPolicy) -> ClusterNetworkPolicy {
+        Self::from_api_with_unknown_peers(obj, &[])
+    }
+
+    /// [`ClusterNetworkPolicy::from_api`] for an object that had unknown fields inside
+    /// rule peers (`unknown`, each at its path, see [`peer_of`]): each such peer is one
+    /// netward does not understand, and its rule fails closed, as upstream says for
+    /// peers an implementation does not know.
+    pub fn from_api_with_unknown_peers(
+        obj: &api::ClusterNetworkPolicy,
+        unknown: &[FieldError],
+    ) -> ClusterNetworkPolicy {
         let mut errs = Vec::new();
         let push = |errs: &mut Vec<FieldError>, field: String, message: String| {
             errs.push(FieldError { field, message });
@@ -493,6 +510,12 @@ impl ClusterNetworkPolicy {
                 &mut errs,
             ),
         };
+        // Up to here, and too many rules, the object as a whole is broken; past here each
+        // error belongs to one rule, which fails closed on its own (see `rules`).
+        let too_many = |n: Option<usize>| n.is_some_and(|n| n > MAX_RULES);
+        let structural = !errs.is_empty()
+            || too_many(spec.ingress.as_ref().map(Vec::len))
+            || too_many(spec.egress.as_ref().map(Vec::len));
         let ingress = rules(
             spec.ingress.as_deref(),
             "spec.ingress",
@@ -502,8 +525,12 @@ impl ClusterNetworkPolicy {
                 let peers = r.from.as_deref().map(|list| {
                     list.iter()
                         .enumerate()
-                        .filter_map(|(i, p)| {
+                        .map(|(i, p)| {
                             let f = format!("{f}.from[{i}]");
+                            let before = errs.len();
+                            if unknown_peer(unknown, &f, errs) {
+                                return None;
+                            }
                             peer(
                                 p.namespaces.as_ref(),
                                 p.pods.as_ref(),
@@ -513,6 +540,7 @@ impl ClusterNetworkPolicy {
                                 &f,
                                 errs,
                             )
+                            .filter(|_| errs.len() == before)
                         })
                         .collect()
                 });
@@ -534,8 +562,12 @@ impl ClusterNetworkPolicy {
                 let peers = r.to.as_deref().map(|list| {
                     list.iter()
                         .enumerate()
-                        .filter_map(|(i, p)| {
+                        .map(|(i, p)| {
                             let f = format!("{f}.to[{i}]");
+                            let before = errs.len();
+                            if unknown_peer(unknown, &f, errs) {
+                                return None;
+                            }
                             peer(
                                 p.namespaces.as_ref(),
                                 p.pods.as_ref(),
@@ -545,6 +577,7 @@ impl ClusterNetworkPolicy {
                                 &f,
                                 errs,
                             )
+                            .filter(|_| errs.len() == before)
                         })
                         .collect()
                 });
@@ -557,28 +590,9 @@ impl ClusterNetworkPolicy {
                 )
             },
         );
-        // Named ports need a pod at the other end (the CRD's CEL rule).
-        for (i, r) in egress.iter().flatten().enumerate() {
-            let non_pod = r
-                .peers
-                .iter()
-                .any(|p| matches!(p, ClusterPeer::Nodes(_) | ClusterPeer::Networks(_)));
-            let named = r
-                .ports
-                .iter()
-                .flatten()
-                .any(|p| matches!(p, ClusterPort::Named(_)));
-            if non_pod && named {
-                push(
-                    &mut errs,
-                    format!("spec.egress[{i}]"),
-                    "networks/nodes peers cannot be set with destinationNamedPort: they have no named ports".into(),
-                );
-            }
-        }
         let has_ingress = spec.ingress.as_ref().is_some_and(|r| !r.is_empty());
         let has_egress = spec.egress.as_ref().is_some_and(|r| !r.is_empty());
-        if errs.is_empty() {
+        if !structural {
             return ClusterNetworkPolicy {
                 name,
                 tier,
@@ -586,7 +600,7 @@ impl ClusterNetworkPolicy {
                 subject: subject.unwrap_or(PodsIn::All),
                 ingress: ingress.filter(|r| !r.is_empty()),
                 egress: egress.filter(|r| !r.is_empty()),
-                errors: Arc::from([]),
+                errors: errs.into(),
             };
         }
         // Fail closed: what its subject selects is denied in the directions it has.
@@ -600,8 +614,8 @@ impl ClusterNetworkPolicy {
             tier,
             priority,
             subject: subject.unwrap_or(PodsIn::All),
-            ingress: in_on.then(|| vec![deny_all()]),
-            egress: eg_on.then(|| vec![deny_all()]),
+            ingress: in_on.then(|| vec![deny_all(None)]),
+            egress: eg_on.then(|| vec![deny_all(None)]),
             errors: errs.into(),
         }
     }
@@ -614,26 +628,65 @@ impl ClusterNetworkPolicy {
             tier: Tier::Admin,
             priority: 0,
             subject: PodsIn::All,
-            ingress: Some(vec![deny_all()]),
-            egress: Some(vec![deny_all()]),
+            ingress: Some(vec![deny_all(None)]),
+            egress: Some(vec![deny_all(None)]),
             errors: vec![error].into(),
         }
     }
 }
 
-fn deny_all() -> ClusterRule {
+/// The peer (`spec.ingress[0].from[1]`) an unknown field's path (`spec.ingress[0].from[1].x`)
+/// is in, if it is in one.
+pub fn peer_of(path: &str) -> Option<&str> {
+    let (rest, peers) = match path.strip_prefix("spec.ingress[") {
+        Some(r) => (r, "from["),
+        None => (path.strip_prefix("spec.egress[")?, "to["),
+    };
+    let d1 = rest.find(|c: char| !c.is_ascii_digit())?;
+    let rest = rest.get(d1..)?.strip_prefix("].")?.strip_prefix(peers)?;
+    let d2 = rest.find(|c: char| !c.is_ascii_digit())?;
+    if d1 == 0 || d2 == 0 || !rest.get(d2..)?.starts_with("].") {
+        return None;
+    }
+    path.get(..path.len() - rest.len() + d2 + 1)
+}
+
+/// Whether the peer at `field` had unknown fields; if so, they are errors here.
+fn unknown_peer(unknown: &[FieldError], field: &str, errs: &mut Vec<FieldError>) -> bool {
+    let mut found = false;
+    for u in unknown.iter().filter(|u| peer_of(&u.field) == Some(field)) {
+        found = true;
+        errs.push(FieldError {
+            field: u.field.clone(),
+            message: format!(
+                "{}: a peer netward does not understand (its rule fails closed)",
+                u.message
+            ),
+        });
+    }
+    found
+}
+
+/// The rule an invalid policy (`name` `None`), or an invalid Deny or Pass rule (its
+/// name, if any), is reduced to.
+fn deny_all(name: Option<String>) -> ClusterRule {
     ClusterRule {
-        name: Some("invalid-policy-denies-all".to_owned()),
+        name: Some(name.map_or_else(
+            || "invalid-policy-denies-all".to_owned(),
+            |n| format!("{n} (invalid: denies all)"),
+        )),
         action: Action::Deny,
         peers: vec![ClusterPeer::Everything],
         ports: None,
     }
 }
 
+/// A rule's name, action, peers (`None` for a peer with errors), number of peers and
+/// protocols.
 type RuleParts<'a> = (
     Option<&'a str>,
     Option<&'a str>,
-    Option<Vec<ClusterPeer>>,
+    Option<Vec<Option<ClusterPeer>>>,
     Option<usize>,
     Option<&'a [api::ProtocolMatch]>,
 );
@@ -655,7 +708,10 @@ fn rules<'a, R>(
     let mut out = Vec::with_capacity(list.len());
     for (i, r) in list.iter().enumerate() {
         let f = format!("{field}[{i}]");
+        let before = errs.len();
         let (name, action, peers, n_peers, protocols) = parts(r, &f, errs);
+        let peer_errors = errs.len() > before;
+        let before = errs.len();
         if let Some(n) = name
             && n.chars().count() > 100
         {
@@ -697,7 +753,7 @@ fn rules<'a, R>(
             }),
             Some(_) => {}
         }
-        let ports = protocols.map(|list| {
+        let ports: Option<Vec<ClusterPort>> = protocols.map(|list| {
             if list.is_empty() {
                 errs.push(FieldError {
                     field: format!("{f}.protocols"),
@@ -715,14 +771,49 @@ fn rules<'a, R>(
                 .filter_map(|(j, p)| protocol(p, &format!("{f}.protocols[{j}]"), errs))
                 .collect()
         });
-        if let Some(action) = action {
-            out.push(ClusterRule {
-                name: name.filter(|n| !n.is_empty()).map(str::to_owned),
-                action,
-                peers: peers.unwrap_or_default(),
-                ports,
+        let peers = peers.unwrap_or_default();
+        // Named ports need a pod at the other end (the CRD's CEL rule).
+        let non_pod = peers
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, ClusterPeer::Nodes(_) | ClusterPeer::Networks(_)));
+        let named = ports
+            .iter()
+            .flatten()
+            .any(|p| matches!(p, ClusterPort::Named(_)));
+        if non_pod && named {
+            errs.push(FieldError {
+                field: f.clone(),
+                message: "networks/nodes peers cannot be set with destinationNamedPort: they have no named ports".into(),
             });
         }
+        let rule_errors = errs.len() > before;
+        let name = name.filter(|n| !n.is_empty()).map(str::to_owned);
+        // Upstream's "fail closed", per rule: an Accept rule with a peer it cannot
+        // understand matches nothing once that peer is removed (nothing at all when the
+        // problem is elsewhere in the rule); a Deny or Pass rule, or one whose action
+        // is unknown, becomes "Deny all" in its place.
+        out.push(match action {
+            Some(Action::Accept) if !rule_errors => ClusterRule {
+                name,
+                action: Action::Accept,
+                peers: peers.into_iter().flatten().collect(),
+                ports,
+            },
+            Some(Action::Accept) => ClusterRule {
+                name,
+                action: Action::Accept,
+                peers: Vec::new(),
+                ports,
+            },
+            Some(action) if !peer_errors && !rule_errors => ClusterRule {
+                name,
+                action,
+                peers: peers.into_iter().flatten().collect(),
+                ports,
+            },
+            _ => deny_all(Some(name.unwrap_or_else(|| "invalid-rule".to_owned()))),
+        });
     }
     Some(out)
 }

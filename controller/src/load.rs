@@ -478,13 +478,41 @@ impl Manifests {
             }
             cluster_policy::KIND if group == CNP_GROUP => {
                 let name = name.to_owned();
-                let (policy, reported) = match self
-                    .typed::<cluster_policy::api::ClusterNetworkPolicy>(path, doc, &object, value)
-                {
-                    Ok(obj) => (ClusterNetworkPolicy::from_api(&obj), false),
-                    // Undecodable, or with unknown fields: deny what it may cover (fail
-                    // closed). `typed` recorded the errors.
-                    Err(first) => (ClusterNetworkPolicy::unreadable(&name, first), true),
+                // Unknown fields only inside rule peers: those peers are ones netward
+                // does not understand, and only their rules fail closed (upstream's rule
+                // for peers); any other unknown field loses the object's meaning.
+                let peers_only = match strict::decode::<cluster_policy::api::ClusterNetworkPolicy>(
+                    value.clone(),
+                ) {
+                    Ok((obj, unknown))
+                        if !unknown.is_empty()
+                            && unknown
+                                .iter()
+                                .all(|u| cluster_policy::peer_of(&u.path).is_some()) =>
+                    {
+                        let unknown: Vec<FieldError> = unknown
+                            .iter()
+                            .map(|u| FieldError {
+                                field: u.path.clone(),
+                                message: u.message(),
+                            })
+                            .collect();
+                        Some(ClusterNetworkPolicy::from_api_with_unknown_peers(
+                            &obj, &unknown,
+                        ))
+                    }
+                    _ => None,
+                };
+                let (policy, reported) = match peers_only {
+                    Some(policy) => (policy, false),
+                    None => match self.typed::<cluster_policy::api::ClusterNetworkPolicy>(
+                        path, doc, &object, value,
+                    ) {
+                        Ok(obj) => (ClusterNetworkPolicy::from_api(&obj), false),
+                        // Undecodable, or with unknown fields: deny what it may cover (fail
+                        // closed). `typed` recorded the errors.
+                        Err(first) => (ClusterNetworkPolicy::unreadable(&name, first), true),
+                    },
                 };
                 if !self.note_origin(
                     path,

@@ -284,7 +284,9 @@ pub struct ClusterPolicyReport {
     pub tier: Tier,
     /// Its priority in its tier.
     pub priority: u16,
-    /// Its validation errors: an invalid one denies everything its subject selects.
+    /// Its validation errors. An invalid one fails closed: an invalid rule matches nothing
+    /// (Accept) or denies all (Deny, Pass); an invalid object denies everything its subject
+    /// selects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub invalid: Vec<String>,
     /// Set when evaluation never reached it, e.g. `not reached: the Admin tier decided`.
@@ -512,12 +514,16 @@ fn cluster_policy_report(
                     .collect::<Vec<_>>()
                     .join(", "),
             };
-            let peers = spec
-                .peers
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
+            let peers = if spec.peers.is_empty() {
+                // An Accept rule whose every peer was invalid (fail closed).
+                "nothing: its peers are invalid".to_owned()
+            } else {
+                spec.peers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             Some(RuleReport {
                 index: r.index,
                 peers: format!(
@@ -699,7 +705,9 @@ impl ExplainReport {
                 if !c.invalid.is_empty() {
                     let _ = writeln!(
                         out,
-                        "      INVALID, so it denies everything: {}",
+                        "      INVALID, so it fails closed (an invalid rule matches nothing if it \
+                         accepts, denies all if it denies or passes; an invalid object denies \
+                         everything): {}",
                         c.invalid.join("; ")
                     );
                 }

@@ -5,6 +5,7 @@
 //!
 //! Each case names the upstream test it comes from; where netward decides something the
 //! API leaves to the implementation (ties between equal priorities), the case says so.
+//! Cases labelled `netward:` are netward's own, in the suite's style, not upstream's.
 #![allow(clippy::unwrap_used)] // tests: a panic is a failure
 
 mod common;
@@ -20,6 +21,9 @@ const DRACO1: &str = "network-policy-conformance-slytherin/draco-malfoy-1";
 const CEDRIC0: &str = "network-policy-conformance-hufflepuff/cedric-diggory-0";
 const CEDRIC1: &str = "network-policy-conformance-hufflepuff/cedric-diggory-1";
 const LUNA0: &str = "network-policy-conformance-ravenclaw/luna-lovegood-0";
+const LUNA1: &str = "network-policy-conformance-ravenclaw/luna-lovegood-1";
+/// Only in the omitted-namespaceSelector case.
+const KRUM0: &str = "network-policy-conformance-durmstrang/viktor-krum-0";
 /// node-1 (kubernetes.io/os: linux), where the host-networked centaur-1 runs.
 const NODE1: &str = "198.18.0.1";
 /// node-3 (kubernetes.io/os: windows).
@@ -30,7 +34,8 @@ const METADATA: &str = "198.19.255.254";
 const INTERNET: &str = "198.19.255.1";
 
 /// The conformance suite's base (`conformance/base/manifests.yaml`): four namespaces
-/// labelled `conformance-house`, two pods each, serving TCP 80 and 8080, UDP 53 and
+/// labelled `conformance-house`, two pods each (StatefulSet pods, with their
+/// `statefulset.kubernetes.io/pod-name` label), serving TCP 80 and 8080, UDP 53 and
 /// 5353, SCTP 9003 and 9005; the experimental tests' named port `web` (TCP 80) and a
 /// `dns` port (UDP 53) for named ports per protocol; nodes, and a host-networked pod.
 fn base() -> String {
@@ -58,7 +63,7 @@ metadata: {{name: network-policy-conformance-{house}, labels: {{conformance-hous
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: {who}-{n}, namespace: network-policy-conformance-{house}, labels: {{conformance-house: {house}}}}}
+metadata: {{name: {who}-{n}, namespace: network-policy-conformance-{house}, labels: {{conformance-house: {house}, statefulset.kubernetes.io/pod-name: {who}-{n}}}}}
 spec:
   nodeName: node-2
   containers:
@@ -334,6 +339,98 @@ spec:
     - tcp: {destinationPort: {number: 8080}}
 "#;
 
+/// `conformance/base/{admin,baseline}_tier/standard-port-range-rules-combined.yaml`
+/// (TIER and PRIORITY as the tier's file sets them).
+const PORT_RANGE_COMBINED: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: port-range-rules}
+spec:
+  tier: TIER
+  priority: PRIORITY
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-gryffindor}}
+  egress:
+  - name: allow-to-ravenclaw-tcp-port-range
+    action: Accept
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-ravenclaw}}}]
+    protocols: [{tcp: {destinationPort: {range: {start: 80, end: 8080}}}}]
+  - name: allow-to-hufflepuff-udp-port-range
+    action: Accept
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}}]
+    protocols: [{udp: {destinationPort: {range: {start: 53, end: 5353}}}}]
+  - name: allow-to-slytherin-sctp-port-range
+    action: Accept
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}}]
+    protocols: [{sctp: {destinationPort: {range: {start: 9003, end: 9005}}}}]
+  - name: deny-all-egress
+    action: Deny
+    to: [{namespaces: {matchExpressions: [{key: conformance-house, operator: Exists}]}}]
+  ingress:
+  - name: allow-from-ravenclaw-tcp-port-range
+    action: Accept
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-ravenclaw}}}]
+    protocols: [{tcp: {destinationPort: {range: {start: 80, end: 8080}}}}]
+  - name: allow-from-hufflepuff-udp-port-range
+    action: Accept
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-hufflepuff}}}]
+    protocols: [{udp: {destinationPort: {range: {start: 53, end: 5353}}}}]
+  - name: allow-from-slytherin-sctp-port-range
+    action: Accept
+    from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}}]
+    protocols: [{sctp: {destinationPort: {range: {start: 9003, end: 9005}}}}]
+  - name: deny-all-ingress
+    action: Deny
+    from: [{namespaces: {matchExpressions: [{key: conformance-house, operator: Exists}]}}]
+"#;
+
+/// `conformance/base/admin_tier/standard-pod-selector-rules.yaml`.
+const POD_SELECTOR: &str = r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pod-selector-rules}
+spec:
+  tier: Admin
+  priority: 20
+  subject:
+    pods: {podSelector: {matchLabels: {conformance-house: gryffindor}}}
+  egress:
+  - name: deny-to-ravenclaw-pods
+    action: Deny
+    to: [{pods: {podSelector: {matchLabels: {conformance-house: ravenclaw}}}}]
+  - name: deny-to-cedric-diggory-0
+    action: Deny
+    to:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: hufflepuff}}
+        podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: cedric-diggory-0}}
+  ingress:
+  - name: deny-from-slytherin-pods
+    action: Deny
+    from: [{pods: {podSelector: {matchLabels: {conformance-house: slytherin}}}}]
+  - name: deny-from-cedric-diggory-0
+    action: Deny
+    from:
+    - pods:
+        namespaceSelector: {matchLabels: {conformance-house: hufflepuff}}
+        podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: cedric-diggory-0}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: pod-name-subject-rules}
+spec:
+  tier: Admin
+  priority: 21
+  subject:
+    pods:
+      namespaceSelector: {matchLabels: {conformance-house: ravenclaw}}
+      podSelector: {matchLabels: {statefulset.kubernetes.io/pod-name: luna-lovegood-0}}
+  egress:
+  - name: deny-to-slytherin
+    action: Deny
+    to: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-slytherin}}}]
+"#;
+
 const CASES: &[Case] = &[
     Case {
         upstream: "CNPAdminTierPriorityField: priority 50 Deny before priority 60 Pass",
@@ -413,7 +510,7 @@ const CASES: &[Case] = &[
         ],
     },
     Case {
-        upstream: "CNPBaselineTier*: a NetworkPolicy that selects the pod overrides the Baseline tier",
+        upstream: "netward: CNPBaselineTier*: a NetworkPolicy that selects the pod overrides the Baseline tier",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -451,7 +548,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPBaselineTier*: Pass in the Baseline tier goes to the default (allow)",
+        upstream: "netward: CNPBaselineTier*: Pass in the Baseline tier goes to the default (allow)",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -515,7 +612,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTier*PortRange: port ranges per protocol, and single numbers",
+        upstream: "netward: CNPAdminTier*PortRange: port ranges per protocol, and single numbers",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -549,7 +646,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTierEgressInlineCIDR: networks peers, pod addresses included",
+        upstream: "netward: CNPAdminTierEgressInlineCIDR: networks peers, pod addresses included",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -650,7 +747,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTier ingress: an Admin Accept overrides a NetworkPolicy's deny; other sources still meet it",
+        upstream: "netward: CNPAdminTier ingress: an Admin Accept overrides a NetworkPolicy's deny; other sources still meet it",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -681,7 +778,7 @@ spec:
         ],
     },
     Case {
-        upstream: "CNPAdminTier egress Accept: the destination's ingress still applies",
+        upstream: "netward: CNPAdminTier egress Accept: the destination's ingress still applies",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -707,7 +804,7 @@ spec:
         checks: &[(HARRY0, DRACO0, Tcp, 80, false)],
     },
     Case {
-        upstream: "CNPAdminTier*Rules: rules within one policy apply in the order written",
+        upstream: "netward: CNPAdminTier*Rules: rules within one policy apply in the order written",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -736,7 +833,7 @@ spec:
         ],
     },
     Case {
-        upstream: "subject and peers: host-networked pods are neither subjects nor namespaces/pods peers",
+        upstream: "netward: subject and peers: host-networked pods are neither subjects nor namespaces/pods peers",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -759,7 +856,7 @@ spec:
         ],
     },
     Case {
-        upstream: "metadata tutorial (seed 004) as an Admin Deny: a namespace's allow-all cannot reopen it",
+        upstream: "netward: metadata tutorial (seed 004) as an Admin Deny: a namespace's allow-all cannot reopen it",
         policies: r#"
 apiVersion: policy.networking.k8s.io/v1alpha2
 kind: ClusterNetworkPolicy
@@ -789,11 +886,588 @@ spec:
             (HARRY0, INTERNET, Tcp, 80, true),
         ],
     },
+    // Transcribed from the upstream v1alpha2 conformance manifests
+    // (`conformance/base/{admin_tier,baseline_tier}/standard-*-rules.yaml`); each
+    // sub-test's rule swap is applied on top of the previous ones, as upstream patches
+    // the live object. The UDP and SCTP probes follow the TCP tests' probes on those
+    // manifests' own ports and houses.
+    Case {
+        upstream: "CNPAdminTierIngressTCP: allow-ingress (ordering, at port), deny at port, egress unaffected",
+        policies: "GRESS:Admin:3:ingress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 8080, true),
+            (CEDRIC0, HARRY1, Tcp, 80, true),
+            (CEDRIC1, HARRY1, Tcp, 8080, false),
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, DRACO0, Tcp, 80, true),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressTCP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:3:ingress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Tcp, 80, false),
+            (LUNA1, HARRY1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressTCP: pass-ingress, then rules 0 and 2 swapped; pass at port, rules 3 and 4 swapped",
+        policies: "GRESS:Admin:3:ingress:gryffindor:tcp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-80,D-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 8080, true),
+            (DRACO0, HARRY0, Tcp, 80, true),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressUDP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:4:ingress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC0, Udp, 53, true),
+            (LUNA1, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC1, Udp, 53, true),
+            (HARRY1, CEDRIC1, Udp, 5353, false),
+            (DRACO0, CEDRIC0, Udp, 5353, false),
+            (DRACO1, CEDRIC0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressUDP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:4:ingress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC1, Udp, 53, false),
+            (LUNA1, CEDRIC1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressUDP: pass-ingress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:4:ingress:hufflepuff:udp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-5353,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC0, Udp, 53, true),
+            (LUNA1, CEDRIC0, Udp, 5353, true),
+            (DRACO0, CEDRIC0, Udp, 5353, true),
+            (DRACO1, CEDRIC0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressSCTP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:5:ingress:ravenclaw:sctp:A-gryffindor,D-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Sctp, 9003, true),
+            (HARRY1, LUNA0, Sctp, 9005, true),
+            (CEDRIC0, LUNA1, Sctp, 9003, true),
+            (CEDRIC1, LUNA1, Sctp, 9005, false),
+            (DRACO0, LUNA0, Sctp, 9003, false),
+            (DRACO1, LUNA0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressSCTP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:5:ingress:ravenclaw:sctp:D-gryffindor,A-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Sctp, 9003, false),
+            (HARRY1, LUNA1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressSCTP: pass-ingress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:5:ingress:ravenclaw:sctp:P-gryffindor,A-gryffindor,D-gryffindor,P-slytherin-9003,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Sctp, 9003, true),
+            (HARRY1, LUNA0, Sctp, 9005, true),
+            (DRACO0, LUNA0, Sctp, 9003, true),
+            (DRACO1, LUNA0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressTCP: allow-egress (ordering, at port), deny at port; ingress unaffected",
+        policies: "GRESS:Admin:6:egress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 8080, true),
+            (HARRY0, CEDRIC1, Tcp, 8080, true),
+            (HARRY1, CEDRIC1, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressTCP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:6:egress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-80,P-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Tcp, 80, false),
+            (HARRY1, LUNA1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressTCP: pass-egress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:6:egress:gryffindor:tcp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-80,D-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressUDP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:7:egress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA0, Udp, 53, true),
+            (CEDRIC1, LUNA0, Udp, 5353, true),
+            (CEDRIC0, HARRY1, Udp, 53, true),
+            (CEDRIC1, HARRY1, Udp, 5353, false),
+            (CEDRIC0, DRACO0, Udp, 5353, false),
+            (CEDRIC1, DRACO0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressUDP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:7:egress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-5353,P-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA1, Udp, 53, false),
+            (CEDRIC1, LUNA1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressUDP: pass-egress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:7:egress:hufflepuff:udp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-5353,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA0, Udp, 53, true),
+            (CEDRIC1, LUNA0, Udp, 5353, true),
+            (CEDRIC0, DRACO0, Udp, 5353, true),
+            (CEDRIC1, DRACO0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressTCP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:ingress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,D-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 8080, true),
+            (CEDRIC0, HARRY1, Tcp, 80, true),
+            (CEDRIC1, HARRY1, Tcp, 8080, false),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO1, HARRY0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressTCP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:ingress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,D-slytherin-80,A-hufflepuff-80,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Tcp, 80, false),
+            (LUNA1, HARRY1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierIngressRulesEgressUnaffected (standard-ingress-isolation.yaml)",
+        policies: "GRESS:Admin:20:ingress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressRulesIngressUnaffected (standard-egress-isolation.yaml)",
+        policies: "GRESS:Admin:20:egress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressSCTP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Admin:8:egress:ravenclaw:sctp:A-gryffindor,D-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Sctp, 9003, true),
+            (LUNA1, HARRY0, Sctp, 9005, true),
+            (LUNA0, CEDRIC1, Sctp, 9003, true),
+            (LUNA1, CEDRIC1, Sctp, 9005, false),
+            (LUNA0, DRACO0, Sctp, 9003, false),
+            (LUNA1, DRACO0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressSCTP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Admin:8:egress:ravenclaw:sctp:D-gryffindor,A-gryffindor,P-gryffindor,D-slytherin-9003,P-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Sctp, 9003, false),
+            (LUNA1, HARRY1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierEgressSCTP: pass-egress (rules 0 and 2 swapped), pass at port (3 and 4)",
+        policies: "GRESS:Admin:8:egress:ravenclaw:sctp:P-gryffindor,A-gryffindor,D-gryffindor,P-slytherin-9003,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Sctp, 9003, true),
+            (LUNA1, HARRY0, Sctp, 9005, true),
+            (LUNA0, DRACO0, Sctp, 9003, true),
+            (LUNA1, DRACO0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressUDP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:ingress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC0, Udp, 53, true),
+            (LUNA1, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC1, Udp, 53, true),
+            (HARRY1, CEDRIC1, Udp, 5353, false),
+            (DRACO0, CEDRIC0, Udp, 5353, false),
+            (DRACO1, CEDRIC0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressUDP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:ingress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (LUNA0, CEDRIC1, Udp, 53, false),
+            (LUNA1, CEDRIC1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressSCTP: allow-ingress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:ingress:ravenclaw:sctp:A-gryffindor,D-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Sctp, 9003, true),
+            (HARRY1, LUNA0, Sctp, 9005, true),
+            (CEDRIC0, LUNA1, Sctp, 9003, true),
+            (CEDRIC1, LUNA1, Sctp, 9005, false),
+            (DRACO0, LUNA0, Sctp, 9003, false),
+            (DRACO1, LUNA0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressSCTP: deny-ingress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:ingress:ravenclaw:sctp:D-gryffindor,A-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Sctp, 9003, false),
+            (HARRY1, LUNA1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressTCP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:egress:gryffindor:tcp:A-ravenclaw,D-ravenclaw,D-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 8080, true),
+            (HARRY0, CEDRIC1, Tcp, 8080, true),
+            (HARRY1, CEDRIC1, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY1, DRACO0, Tcp, 8080, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressTCP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:egress:gryffindor:tcp:D-ravenclaw,A-ravenclaw,D-slytherin-80,A-hufflepuff-8080,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA1, Tcp, 80, false),
+            (HARRY1, LUNA1, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressUDP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:egress:hufflepuff:udp:A-ravenclaw,D-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA0, Udp, 53, true),
+            (CEDRIC1, LUNA0, Udp, 5353, true),
+            (CEDRIC0, HARRY1, Udp, 53, true),
+            (CEDRIC1, HARRY1, Udp, 5353, false),
+            (CEDRIC0, DRACO0, Udp, 5353, false),
+            (CEDRIC1, DRACO0, Udp, 53, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressUDP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:egress:hufflepuff:udp:D-ravenclaw,A-ravenclaw,D-slytherin-5353,A-gryffindor-53,D-gryffindor",
+        checks: &[
+            (CEDRIC0, LUNA1, Udp, 53, false),
+            (CEDRIC1, LUNA1, Udp, 5353, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressSCTP: allow-egress (ordering, at port), deny at port",
+        policies: "GRESS:Baseline:10:egress:ravenclaw:sctp:A-gryffindor,D-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY0, Sctp, 9003, true),
+            (LUNA1, HARRY0, Sctp, 9005, true),
+            (LUNA0, CEDRIC1, Sctp, 9003, true),
+            (LUNA1, CEDRIC1, Sctp, 9005, false),
+            (LUNA0, DRACO0, Sctp, 9003, false),
+            (LUNA1, DRACO0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressSCTP: deny-egress, rules 0 and 1 swapped",
+        policies: "GRESS:Baseline:10:egress:ravenclaw:sctp:D-gryffindor,A-gryffindor,D-slytherin-9003,A-hufflepuff-9003,D-hufflepuff",
+        checks: &[
+            (LUNA0, HARRY1, Sctp, 9003, false),
+            (LUNA1, HARRY1, Sctp, 9005, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressRulesCombined (standard-gress-rules-combined.yaml): every protocol of a rule, both directions",
+        policies: "GRESS:Admin:15:both:gryffindor:tcp:A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|A-ravenclaw,D-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, DRACO0, Udp, 53, false),
+            (HARRY0, DRACO0, Sctp, 9003, false),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Udp, 5353, true),
+            (HARRY0, DRACO0, Sctp, 9005, true),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (DRACO0, HARRY0, Udp, 53, false),
+            (DRACO0, HARRY0, Sctp, 9003, false),
+            (DRACO0, HARRY0, Tcp, 8080, true),
+            (HARRY0, CEDRIC0, Tcp, 8080, true),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Sctp, 9003, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, CEDRIC0, Udp, 53, false),
+            (HARRY0, CEDRIC0, Sctp, 9005, false),
+            (CEDRIC0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Udp, 5353, true),
+            (CEDRIC0, HARRY0, Sctp, 9003, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+            (CEDRIC0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressRulesCombined: rules 0 and 1 swapped in both directions",
+        policies: "GRESS:Admin:15:both:gryffindor:tcp:D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|D-ravenclaw,A-ravenclaw,P-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,P-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, false),
+            (LUNA0, HARRY0, Udp, 53, false),
+            (HARRY0, LUNA1, Sctp, 9003, false),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressRulesCombined: Pass first (rules 0 and 2, then 3 and 4, swapped)",
+        policies: "GRESS:Admin:15:both:gryffindor:tcp:P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-tcp80+udp53+sctp9003,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|P-ravenclaw,A-ravenclaw,D-ravenclaw,P-slytherin-tcp80+udp53+sctp9003,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (DRACO0, HARRY0, Sctp, 9003, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierGressRulesCombined (standard-gress-rules-combined.yaml)",
+        policies: "GRESS:Baseline:10:both:gryffindor:tcp:A-ravenclaw,D-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|A-ravenclaw,D-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, DRACO0, Udp, 53, false),
+            (HARRY0, DRACO0, Sctp, 9003, false),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (DRACO0, HARRY0, Udp, 53, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (CEDRIC0, HARRY0, Sctp, 9003, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierGressRulesCombined: rules 0 and 1 swapped in both directions",
+        policies: "GRESS:Baseline:10:both:gryffindor:tcp:D-ravenclaw,A-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp80+udp5353+sctp9003,D-hufflepuff|D-ravenclaw,A-ravenclaw,D-slytherin-tcp80+udp53+sctp9003,A-hufflepuff-tcp8080+udp5353+sctp9003,D-hufflepuff",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, false),
+            (LUNA0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierSamePriority (baseline_tier/standard-same-priority.yaml)",
+        policies: "SAME_PRIORITY_BASELINE",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (CEDRIC0, HARRY0, Tcp, 80, false),
+            (HARRY1, CEDRIC0, Tcp, 80, false),
+            (DRACO1, CEDRIC0, Tcp, 8080, false),
+            (CEDRIC1, DRACO0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Tcp, 8080, true),
+            (HARRY0, DRACO0, Tcp, 8080, true),
+            (DRACO1, CEDRIC0, Tcp, 80, true),
+            (CEDRIC0, DRACO0, Tcp, 80, true),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (HARRY1, LUNA0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierPortRangeRulesCombined (standard-port-range-rules-combined.yaml)",
+        policies: "PORT_RANGE_COMBINED:Admin:9",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY0, LUNA0, Tcp, 8080, true),
+            (HARRY0, LUNA0, Udp, 53, false),
+            (HARRY0, CEDRIC0, Udp, 53, true),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, DRACO0, Sctp, 9003, true),
+            (HARRY0, DRACO0, Sctp, 9005, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (LUNA0, HARRY0, Udp, 53, false),
+            (CEDRIC0, HARRY0, Udp, 5353, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+            (DRACO0, HARRY0, Udp, 53, false),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierPortRangeRulesCombined (baseline_tier/standard-port-range-rules-combined.yaml)",
+        policies: "PORT_RANGE_COMBINED:Baseline:10",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 8080, true),
+            (HARRY0, LUNA0, Udp, 53, false),
+            (HARRY0, CEDRIC0, Udp, 5353, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, DRACO0, Sctp, 9003, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 8080, false),
+            (DRACO0, HARRY0, Sctp, 9005, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierPodSelectorRules (standard-pod-selector-rules.yaml): pod-label subjects and peers, by pod name too",
+        policies: "POD_SELECTOR",
+        checks: &[
+            (HARRY0, LUNA0, Tcp, 80, false),
+            (HARRY1, LUNA1, Tcp, 80, false),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, CEDRIC1, Tcp, 80, true),
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (CEDRIC0, HARRY1, Tcp, 80, false),
+            (CEDRIC1, HARRY1, Tcp, 80, true),
+            (LUNA1, HARRY0, Tcp, 80, true),
+            (LUNA0, DRACO0, Tcp, 80, false),
+            (LUNA1, DRACO0, Tcp, 80, true),
+            (CEDRIC0, DRACO0, Tcp, 80, true),
+            (DRACO0, LUNA0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPAdminTierGressOmittedNamespaceSelector (standard-gress-omitted-namespaceselector.yaml; the durmstrang pod is netward's stand-in: the test's own cast is not in the stored copy)",
+        policies: r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: network-policy-conformance-durmstrang, labels: {conformance-house: durmstrang}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: viktor-krum-0, namespace: network-policy-conformance-durmstrang, labels: {conformance-house: durmstrang}}
+spec: {nodeName: node-2, containers: [{name: c, image: agnhost, ports: [{containerPort: 80}]}]}
+status: {podIP: 198.18.14.1}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: gress-omitted-namespaceselector}
+spec:
+  tier: Admin
+  priority: 3
+  subject:
+    namespaces: {matchLabels: {kubernetes.io/metadata.name: network-policy-conformance-durmstrang}}
+  ingress:
+  - name: deny-from-all-conformance-pods
+    action: Deny
+    from: [{pods: {podSelector: {matchExpressions: [{key: conformance-house, operator: Exists}]}}}]
+"#,
+        checks: &[
+            (HARRY0, KRUM0, Tcp, 80, false),
+            (LUNA0, KRUM0, Tcp, 80, false),
+            (DRACO1, KRUM0, Tcp, 80, false),
+            (KRUM0, HARRY0, Tcp, 80, true),
+            (HARRY0, LUNA0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierIngressRulesEgressUnaffected (baseline_tier/standard-ingress-isolation.yaml)",
+        policies: "GRESS:Baseline:20:ingress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (DRACO0, HARRY0, Tcp, 80, false),
+            (HARRY0, LUNA0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, true),
+        ],
+    },
+    Case {
+        upstream: "CNPBaselineTierEgressRulesIngressUnaffected (baseline_tier/standard-egress-isolation.yaml)",
+        policies: "GRESS:Baseline:20:egress:gryffindor:tcp:D-slytherin",
+        checks: &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (LUNA0, HARRY0, Tcp, 80, true),
+            (CEDRIC0, HARRY0, Tcp, 80, true),
+        ],
+    },
 ];
+
+/// The `standard-{ingress,egress}-{tcp,udp,sctp}-rules.yaml` and
+/// `standard-gress-rules-combined.yaml` shape:
+/// `GRESS:<tier>:<priority>:<ingress|egress|both>:<subject house>:<protocol>:<rules>`,
+/// the rules comma-separated as `<A|D|P>-<house>[-<port>]` in the order written (so the
+/// tests' rule swaps are other orders); a port may also be `tcp80+udp53+sctp9003`;
+/// `both` takes `<ingress rules>|<egress rules>`.
+fn gress(spec: &str) -> String {
+    let f: Vec<&str> = spec.split(':').collect();
+    let (tier, priority, dir, subject, proto, rules) = (f[1], f[2], f[3], f[4], f[5], f[6]);
+    let mut y = format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: {dir}-{proto}}}\nspec:\n  tier: {tier}\n  priority: {priority}\n  subject: {{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{subject}}}}}}}\n"
+    );
+    let sections: Vec<(&str, &str)> = match dir {
+        "both" => {
+            let (i, e) = rules.split_once('|').unwrap();
+            vec![("ingress", i), ("egress", e)]
+        }
+        _ => vec![(dir, rules)],
+    };
+    for (dir, rules) in sections {
+        let peers = if dir == "ingress" { "from" } else { "to" };
+        y.push_str(&format!("  {dir}:\n"));
+        for rule in rules.split(',') {
+            let r: Vec<&str> = rule.split('-').collect();
+            let action = match r[0] {
+                "A" => "Accept",
+                "D" => "Deny",
+                _ => "Pass",
+            };
+            y.push_str(&format!(
+                "  - action: {action}\n    {peers}: [{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: network-policy-conformance-{}}}}}}}]\n",
+                r[1]
+            ));
+            if let Some(ports) = r.get(2) {
+                let list: Vec<String> = ports
+                    .split('+')
+                    .map(|p| {
+                        let (proto, number) = match p.find(|c: char| c.is_ascii_digit()) {
+                            Some(0) | None => (proto, p),
+                            Some(i) => p.split_at(i),
+                        };
+                        format!("{{{proto}: {{destinationPort: {{number: {number}}}}}}}")
+                    })
+                    .collect();
+                y.push_str(&format!("    protocols: [{}]\n", list.join(", ")));
+            }
+        }
+    }
+    y
+}
 
 fn policies(spec: &str) -> String {
     let mut parts = spec.split(':');
     match parts.next() {
+        Some("GRESS") => gress(spec),
         Some("PRIORITY_FIELD") => PRIORITY_FIELD.replace("PRIORITY", parts.next().unwrap()),
         Some("INTEGRATION") => {
             let ingress = parts.next().unwrap();
@@ -808,6 +1482,19 @@ fn policies(spec: &str) -> String {
             y
         }
         Some("SAME_PRIORITY") => SAME_PRIORITY.to_owned(),
+        // `conformance/base/baseline_tier/standard-same-priority.yaml`: the Admin file's
+        // three policies in the Baseline tier, at priority 10.
+        Some("SAME_PRIORITY_BASELINE") => SAME_PRIORITY
+            .replace("tier: Admin", "tier: Baseline")
+            .replace("priority: 15", "priority: 10"),
+        Some("PORT_RANGE_COMBINED") => {
+            let tier = parts.next().unwrap();
+            let priority = parts.next().unwrap();
+            PORT_RANGE_COMBINED
+                .replace("TIER", tier)
+                .replace("PRIORITY", priority)
+        }
+        Some("POD_SELECTOR") => POD_SELECTOR.to_owned(),
         _ => spec.to_owned(),
     }
 }
@@ -1014,9 +1701,12 @@ spec: {{podSelector: {{}}, policyTypes: [Ingress]}}
     }
 }
 
-/// Invalid objects: each error names the object, the field and the value; the policy
-/// then denies what its subject selects, in the directions it has (both when it cannot
-/// be decoded), at its tier and priority (Admin and 0 when those are the problem).
+/// Invalid objects: each error names the object, the field and the value. An invalid
+/// rule fails closed on its own (an Accept rule matches nothing, a Deny or Pass rule, or
+/// an unknown action, denies all in its place); an invalid object (tier, priority,
+/// subject, undecodable) denies what its subject selects, in the directions it has
+/// (both when it cannot be decoded), at its tier and priority (Admin and 0 when those
+/// are the problem).
 #[test]
 fn invalid_cluster_policies_fail_closed_with_field_errors() {
     // (spec or whole object, field, message fragment, probes that must be denied,
@@ -1077,8 +1767,10 @@ fn invalid_cluster_policies_fail_closed_with_field_errors() {
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{domainNames: [\"*.example.org\"]}]}]",
             "spec.egress[0].to[0].domainNames",
             "not supported",
-            &[(HARRY0, INTERNET)],
-            &[(CEDRIC0, INTERNET)],
+            // An Accept rule fails closed by matching nothing (upstream): the policy
+            // adds nothing, so harry's egress stays as it was.
+            &[],
+            &[(HARRY0, INTERNET), (CEDRIC0, INTERNET)],
         ),
         (
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Deny, from: [{namespaces: {}}], protocols: [{tcp: {destinationPort: {range: {start: 90, end: 80}}}}]}]",
@@ -1091,8 +1783,9 @@ fn invalid_cluster_policies_fail_closed_with_field_errors() {
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress: [{action: Accept, to: [{networks: [198.19.0.0/16]}], protocols: [{destinationNamedPort: web}]}]",
             "spec.egress[0]",
             "destinationNamedPort",
-            &[(HARRY0, INTERNET)],
+            // An invalid Accept rule matches nothing.
             &[],
+            &[(HARRY0, INTERNET)],
         ),
         (
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, form: [{namespaces: {}}]}]",
@@ -1107,8 +1800,10 @@ fn invalid_cluster_policies_fail_closed_with_field_errors() {
             "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, from: [{nodes: {}}]}]",
             "spec.ingress[0].from[0].nodes",
             "unknown field \"nodes\"",
-            &[(DRACO0, CEDRIC0)],
+            // An unknown peer: its Accept rule matches nothing (upstream), the rest of
+            // the object stands.
             &[],
+            &[(DRACO0, HARRY0), (DRACO0, CEDRIC0)],
         ),
     ];
     for (spec, field, fragment, denied, allowed) in cases {
@@ -1334,4 +2029,207 @@ status: {conditions: []}
     );
     assert!(m.errors.is_empty(), "{:#?}", m.errors);
     assert_eq!(m.cluster.cluster_policies.len(), 1);
+}
+
+/// Runs `spec` as ClusterNetworkPolicy `broken` over the base: it must have an error
+/// naming `field` with `fragment`, and each check must hold.
+fn check_invalid(
+    spec: &str,
+    field: &str,
+    fragment: &str,
+    checks: &[(&str, &str, Protocol, u16, bool)],
+) {
+    let yaml = format!(
+        "{}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: broken}}\nspec:\n  {spec}\n",
+        base()
+    );
+    let m = manifests(&yaml);
+    let errors: Vec<String> = m.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("ClusterNetworkPolicy broken")
+                && e.contains(&format!("{field}: "))
+                && e.contains(fragment)),
+        "{field}: want an error naming it with {fragment:?}, got {errors:#?}"
+    );
+    let snap = Snapshot::compile(&m.cluster);
+    assert_eq!(snap.invalid_cluster_policies().count(), 1, "{field}");
+    for (from, to, proto, port, want) in checks {
+        let d = snap.authorize(&flow(&snap, from, to, *proto, *port));
+        assert_eq!(
+            d.allowed(),
+            *want,
+            "{field}: {from} -> {to} {proto:?}/{port}: {d:?}"
+        );
+    }
+}
+
+/// Upstream (IngressPeer/EgressPeer): an unsupported peer fails closed per rule: an
+/// Accept rule matches nothing (the peer is dropped), a Deny or Pass rule becomes "Deny
+/// all" in its place; the other rules keep their meaning.
+#[test]
+fn unsupported_peers_fail_closed_per_rule() {
+    // An allowlist: Accept DNS, Accept a domain, Deny the rest. The domain rule matches
+    // nothing; DNS stays open.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {name: dns, action: Accept, to: [{namespaces: {}}], protocols: [{udp: {destinationPort: {number: 53}}}]}\n  - {name: domain, action: Accept, to: [{domainNames: [\"*.example.org\"]}]}\n  - {name: rest, action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[1].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Udp, 53, true),
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 443, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    // An Accept rule keeps its other peers: only the domain peer is dropped.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{domainNames: [\"*.example.org\"]}, {namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[0].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, false),
+        ],
+    );
+    // A Deny rule becomes Deny all in its place: the Accept before it still accepts.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Deny, to: [{domainNames: [\"*.example.org\"]}]}\n  - {action: Accept, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[1].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, false),
+            (CEDRIC0, INTERNET, Tcp, 80, true),
+        ],
+    );
+    // A Pass rule too (Deny all, not Pass all), and only in its own direction.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  ingress: [{action: Accept, from: [{namespaces: {}}]}]\n  egress: [{action: Pass, to: [{domainNames: [\"*.example.org\"]}]}]",
+        "spec.egress[0].to[0].domainNames",
+        "not supported",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    // A bad CIDR in an Accept rule drops that peer only.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{networks: [198.19.255.0/33]}, {namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[0].to[0].networks[0]",
+        "invalid CIDR",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, INTERNET, Tcp, 80, false),
+        ],
+    );
+}
+
+/// A peer of a kind netward does not know (an unknown field in a peer, e.g. a newer
+/// API's peer type) fails its rule closed, not the object; an unknown field elsewhere
+/// still makes the whole object deny.
+#[test]
+fn unknown_peer_types_fail_closed_per_rule() {
+    use netward_controller::cluster_policy::peer_of;
+    assert_eq!(
+        peer_of("spec.egress[12].to[3].pods.x"),
+        Some("spec.egress[12].to[3]")
+    );
+    assert_eq!(
+        peer_of("spec.ingress[0].from[0].nodes"),
+        Some("spec.ingress[0].from[0]")
+    );
+    assert_eq!(peer_of("spec.ingress[0].to[0].x"), None);
+    assert_eq!(peer_of("spec.egress[0].portz"), None);
+    assert_eq!(peer_of("spec.egress[].to[0].x"), None);
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{namespaces: {matchLabels: {conformance-house: slytherin}}}]}\n  - {action: Accept, to: [{services: [{name: web}]}]}\n  - {action: Deny, to: [{fqdn: x.example}, {networks: [198.19.0.0/16]}]}\n  - {action: Accept, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[2].to[0].fqdn",
+        "a peer netward does not understand",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, true),
+            (HARRY0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, INTERNET, Tcp, 80, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{services: [{name: web}]}]}\n  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}",
+        "spec.egress[0].to[0].services",
+        "unknown field \"services\"",
+        &[
+            (HARRY0, DRACO0, Tcp, 80, false),
+            (DRACO0, HARRY0, Tcp, 80, true),
+        ],
+    );
+    // Not in a peer: the object's meaning is lost, every pod is denied both ways.
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Accept, to: [{networks: [0.0.0.0/0]}], portz: []}",
+        "spec.egress[0].portz",
+        "unknown field",
+        &[
+            (DRACO0, CEDRIC0, Tcp, 80, false),
+            (HARRY0, DRACO0, Tcp, 80, false),
+        ],
+    );
+}
+
+/// Errors name the rule by its index in the spec, even after a rule with an invalid
+/// action.
+#[test]
+fn rule_errors_name_the_spec_index() {
+    check_invalid(
+        "tier: Admin\n  priority: 5\n  subject: {namespaces: {matchLabels: {conformance-house: gryffindor}}}\n  egress:\n  - {action: Allow, to: [{namespaces: {}}]}\n  - {action: Accept, to: [{networks: [198.19.0.0/16]}], protocols: [{destinationNamedPort: web}]}",
+        "spec.egress[1]",
+        "destinationNamedPort",
+        &[(HARRY0, DRACO0, Tcp, 80, false)],
+    );
+}
+
+/// The model of a policy with invalid rules: each keeps its place; an Accept rule keeps
+/// only its valid peers (none: it matches nothing), a Deny or Pass rule (or an unknown
+/// action) is Deny all; a valid rule is untouched.
+#[test]
+fn invalid_rules_keep_their_place() {
+    use netward_controller::cluster_policy::ClusterPeer;
+    let yaml = format!(
+        "{}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: broken}}\nspec:\n  tier: Baseline\n  priority: 7\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{name: ok, action: Accept, to: [{{networks: [198.19.0.0/16]}}]}}\n  - {{name: some, action: Accept, to: [{{domainNames: [a.example]}}, {{networks: [198.20.0.0/16]}}]}}\n  - {{action: Accept, to: [{{domainNames: [b.example]}}]}}\n  - {{name: pass, action: Pass, to: [{{domainNames: [c.example]}}]}}\n  - {{action: Allow, to: [{{networks: [198.21.0.0/16]}}]}}\n",
+        base()
+    );
+    let m = manifests(&yaml);
+    assert_eq!(m.errors.len(), 4, "{:#?}", m.errors);
+    let p = &m.cluster.cluster_policies["broken"];
+    // The object itself is fine: its tier and priority stand.
+    assert_eq!(
+        (p.tier, p.priority),
+        (netward_controller::Tier::Baseline, 7)
+    );
+    assert_eq!(p.errors.len(), 4);
+    let rules = p.egress.as_deref().unwrap();
+    let got: Vec<(Option<&str>, netward_controller::Action, usize, bool)> = rules
+        .iter()
+        .map(|r| {
+            (
+                r.name.as_deref(),
+                r.action,
+                r.peers.len(),
+                r.peers.contains(&ClusterPeer::Everything),
+            )
+        })
+        .collect();
+    use netward_controller::Action::{Accept, Deny};
+    assert_eq!(
+        got,
+        vec![
+            (Some("ok"), Accept, 1, false),
+            (Some("some"), Accept, 1, false),
+            (None, Accept, 0, false),
+            (Some("pass (invalid: denies all)"), Deny, 1, true),
+            (Some("invalid-rule (invalid: denies all)"), Deny, 1, true),
+        ]
+    );
+    assert!(p.ingress.is_none());
 }
