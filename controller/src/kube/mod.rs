@@ -468,7 +468,7 @@ fn convert_cluster_policy(cnp: &cluster_policy::api::ClusterNetworkPolicy) -> Ob
     let p = ClusterNetworkPolicy::from_api(cnp);
     if !p.errors.is_empty() {
         let errors: Vec<String> = p.errors.iter().map(ToString::to_string).collect();
-        warn!(policy.name = %p.name, errors = ?errors, "invalid ClusterNetworkPolicy: it denies what its subject selects");
+        warn!(policy.name = %p.name, errors = ?errors, "invalid ClusterNetworkPolicy: it fails closed (an invalid rule denies all or matches nothing; an invalid object denies what its subject selects)");
     }
     Obj::ClusterPolicy(p)
 }

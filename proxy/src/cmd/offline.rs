@@ -182,7 +182,7 @@ fn load_cluster(files: &[PathBuf], notes: bool) -> anyhow::Result<Cluster> {
             let n = errors.len();
             let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
             bail!(
-                "{n} error{} in the manifests (an invalid policy would isolate its pods and allow nothing):\n{}",
+                "{n} error{} in the manifests (invalid policies fail closed: they deny, never open):\n{}",
                 if n == 1 { "" } else { "s" },
                 list.join("\n")
             )
