@@ -701,16 +701,25 @@ fn port_matches_flow(
     if !flow.protocol.has_ports() {
         return false;
     }
-    ports.iter().any(|pm| {
-        pm.protocol == flow.protocol
-            && match &pm.port {
-                PortSpec::Any => true,
-                PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
-                PortSpec::Named(name) => port_pod
-                    .and_then(|id| snap.pod(id).named_port(name, flow.protocol))
-                    .is_some_and(|p| p == flow.port),
-            }
-    })
+    ports.iter().any(|pm| port_match(pm, flow, port_pod, snap))
+}
+
+/// Whether one `ports` entry (protocol and port, range or name) matches the flow.
+#[inline]
+fn port_match(
+    pm: &crate::model::PortMatch,
+    flow: &Flow,
+    port_pod: Option<PodId>,
+    snap: &Snapshot,
+) -> bool {
+    pm.protocol == flow.protocol
+        && match &pm.port {
+            PortSpec::Any => true,
+            PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
+            PortSpec::Named(name) => port_pod
+                .and_then(|id| snap.pod(id).named_port(name, flow.protocol))
+                .is_some_and(|p| p == flow.port),
+        }
 }
 
 /// Whether a ClusterNetworkPolicy rule's peers match the other end.
@@ -741,16 +750,7 @@ fn cluster_ports_match(
         return false;
     }
     ports.iter().any(|p| match p {
-        ClusterPort::Protocol(pm) => {
-            pm.protocol == flow.protocol
-                && match &pm.port {
-                    PortSpec::Any => true,
-                    PortSpec::Range(lo, hi) => (*lo..=*hi).contains(&flow.port),
-                    PortSpec::Named(name) => port_pod
-                        .and_then(|id| snap.pod(id).named_port(name, flow.protocol))
-                        .is_some_and(|n| n == flow.port),
-                }
-        }
+        ClusterPort::Protocol(pm) => port_match(pm, flow, port_pod, snap),
         ClusterPort::Named(name) => port_pod.is_some_and(|id| {
             snap.pod(id).ports.iter().any(|c| {
                 c.name.as_deref() == Some(name.as_str())
