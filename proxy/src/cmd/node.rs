@@ -4,7 +4,7 @@
 //!
 //! Threads: `netward-kube` (a current-thread runtime: the watchers, the debounced
 //! compiles) publishes snapshots on a watch channel; the `netward-data` runtime runs
-//! the datapath, which follows that channel; the verdict thread is the datapath's;
+//! the datapath, which follows that channel; the verdict task is the datapath's;
 //! `netward-admin` serves `/healthz`, `/readyz` and `/metrics` from before the initial
 //! sync to the end of the drain; `netward-debug` serves `/debug/snapshot` on loopback,
 //! only with `--debug-addr`.
@@ -484,7 +484,7 @@ pub(crate) fn node(args: &NodeArgs) -> ExitCode {
     };
     metrics.draining.store(true, Ordering::Relaxed);
     if ran && result.is_ok() {
-        // The listeners are closed and the verdict thread is gone; the relays live on
+        // The listeners are closed and the verdict task is gone; the relays live on
         // the runtime's workers until they finish or the runtime is dropped.
         drain(&runtime, &metrics, cfg.drain_grace, signals);
     }
