@@ -338,17 +338,14 @@ impl Manifests {
         if api_version.is_empty() && !kind.is_empty() {
             self.errors
                 .push(object_err("apiVersion", "missing apiVersion".to_owned()));
+            let missing = FieldError {
+                field: "apiVersion".to_owned(),
+                message: "missing apiVersion".to_owned(),
+            };
             if kind == "NetworkPolicy" {
                 // Still isolate what it might select: fail closed.
                 let ns = if ns.is_empty() { "default" } else { ns };
-                let policy = NetworkPolicy::unreadable(
-                    ns,
-                    name,
-                    FieldError {
-                        field: "apiVersion".to_owned(),
-                        message: "missing apiVersion".to_owned(),
-                    },
-                );
+                let policy = NetworkPolicy::unreadable(ns, name, missing.clone());
                 if self.note_origin(
                     path,
                     doc,
@@ -359,13 +356,7 @@ impl Manifests {
                 }
             }
             if kind == cluster_policy::KIND {
-                let policy = ClusterNetworkPolicy::unreadable(
-                    name,
-                    FieldError {
-                        field: "apiVersion".to_owned(),
-                        message: "missing apiVersion".to_owned(),
-                    },
-                );
+                let policy = ClusterNetworkPolicy::unreadable(name, missing);
                 if self.note_origin(
                     path,
                     doc,
